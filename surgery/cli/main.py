@@ -1,0 +1,200 @@
+"""`surgery` command line: score, mask, eval, compare, build, demo.
+
+Every bad input ends in one line on stderr and exit status 2; nothing half-written is left.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from surgery.cli import common
+from surgery.errors import SurgeryError
+
+
+def cmd_score(args: argparse.Namespace) -> None:
+    from surgery import dist
+    from surgery.saliency import check_density, score
+
+    if args.mask_density is not None:
+        check_density(args.mask_density)
+    dist.init_from_env(cpu=args.cpu or None)
+    model, tok, _ = common.get_model(args)
+    if args.images:
+        batches = common.image_batches(args)
+        loss = args.loss or "neg_ce"
+        desc = f"{args.images}/{args.image_split} classes={args.classes or 'all'}"
+    else:
+        windows = common.text_windows(args, tok)
+        batches = list(windows.split(args.batch_size))
+        loss = args.loss or "causal_lm"
+        desc = f"{args.data} seqlen={args.seqlen} windows={windows.shape[0]}"
+    smap = score(model, batches, loss=loss, kind=args.kind, include=args.include,
+                 exclude=args.exclude, progress=common.progress_enabled(), description=desc)
+    if dist.is_main():
+        smap.save(args.out)
+        msg = f"saved {smap!r} to {args.out}"
+        if args.mask_density is not None:
+            masks = smap.mask(args.mask_density, args.mask_scope)
+            mask_out = args.mask_out or str(Path(args.out).with_suffix("")) + ".mask.safetensors"
+            masks.save(mask_out, packed=args.packed)
+            msg += f"; mask ({masks.selected}/{masks.numel}) to {mask_out}"
+        print(msg)
+    dist.shutdown()
+
+
+def cmd_mask(args: argparse.Namespace) -> None:
+    from surgery.saliency import SaliencyMap, check_density
+
+    check_density(args.density)
+    model = None
+    if args.model:
+        from surgery.models.io import load_model
+
+        model, _ = load_model(args.model)
+    smap = SaliencyMap.load(args.map, model)
+    masks = smap.mask(args.density, args.scope)
+    masks.save(args.out, packed=args.packed)
+    print(f"selected {masks.selected} of {masks.numel} weights ({masks.density:.6f}) -> {args.out}")
+
+
+def cmd_eval(args: argparse.Namespace) -> None:
+    from surgery.evaluate import accuracy, evaluate_lm, to_json, to_markdown
+    from surgery.data.images import load_images
+
+    model, tok, path = common.get_model(args)
+    if args.images:
+        data = load_images(args.images, "test", args.data_dir)
+        print(json.dumps({"test_acc": accuracy(model, data)}, indent=2))
+        return
+    windows = common.text_windows(args, tok)
+    rep = evaluate_lm(model, {args.data: windows}, name=path.name, path=path, speed=not args.no_speed,
+                      batch_size=args.batch_size)
+    print(to_markdown([rep]) if not args.json else json.dumps(to_json([rep]), indent=2))
+
+
+def cmd_compare(args: argparse.Namespace) -> None:
+    from surgery.evaluate import compare
+    from surgery.models.io import load_model
+
+    dense, tok = load_model(args.dense)
+    dense.eval()
+    common.require(bool(args.data), "--data is required (at least one text)")
+    sets = {}
+    for source in args.data:
+        args.data = source
+        sets[source] = common.text_windows(args, tok)
+    reports = [compare.evaluate_lm(dense, sets, Path(args.dense).name, path=args.dense,
+                                   speed=not args.no_speed, batch_size=args.batch_size)]
+    for cand in args.candidate:
+        model, _ = load_model(cand)
+        model.eval()
+        reports.append(compare.evaluate_lm(model, sets, Path(cand).name, dense=dense, path=cand,
+                                           speed=not args.no_speed, batch_size=args.batch_size))
+    print(compare.to_markdown(reports))
+    if args.out:
+        paths = compare.write(reports, args.out)
+        print(f"wrote {', '.join(str(p) for p in paths.values())}")
+
+
+def cmd_build(args: argparse.Namespace) -> None:
+    from surgery.reference import build, info
+
+    path = build(args.name, args.data_dir, force=args.force, progress=common.progress_enabled())
+    print(json.dumps({"path": str(path), **info(path)["quality"]}, indent=2))
+
+
+def cmd_demo(args: argparse.Namespace) -> None:
+    from surgery.cli.demo import run_demo
+
+    run_demo(args.output, progress=common.progress_enabled())
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="surgery", allow_abbrev=False,
+                                description="Weight-saliency model surgery.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("score", allow_abbrev=False, help="score weight saliency")
+    common.add_model_args(s)
+    common.add_text_args(s)
+    common.add_image_args(s)
+    s.add_argument("--kind", default="abs_grad", choices=["grad", "abs_grad", "fisher", "taylor"])
+    s.add_argument("--loss", choices=["causal_lm", "neg_causal_lm", "ce", "neg_ce"])
+    s.add_argument("--include", nargs="*", help="parameter-name regexes to score")
+    s.add_argument("--exclude", nargs="*", help="parameter-name regexes to skip")
+    s.add_argument("--out", required=True, help="saliency map (.safetensors)")
+    s.add_argument("--mask-density", type=float, help="also write a top-density mask")
+    s.add_argument("--mask-scope", default="global", choices=["global", "tensor"])
+    s.add_argument("--mask-out", help="mask file (default: <out>.mask.safetensors)")
+    s.add_argument("--packed", action="store_true", help="bit-pack the mask")
+    s.add_argument("--cpu", action="store_true", help="gloo on CPU under torchrun")
+    s.set_defaults(func=cmd_score)
+
+    m = sub.add_parser("mask", allow_abbrev=False, help="top-density mask from a saliency map")
+    m.add_argument("--map", required=True)
+    m.add_argument("--density", type=float, required=True)
+    m.add_argument("--scope", default="global", choices=["global", "tensor"])
+    m.add_argument("--model", help="check the map against this model")
+    m.add_argument("--out", required=True)
+    m.add_argument("--packed", action="store_true")
+    m.set_defaults(func=cmd_mask)
+
+    e = sub.add_parser("eval", allow_abbrev=False, help="perplexity / accuracy, size, speed")
+    common.add_model_args(e)
+    common.add_text_args(e)
+    e.add_argument("--images", choices=["cifar10", "mnist", "digits"])
+    e.add_argument("--no-speed", action="store_true")
+    e.add_argument("--json", action="store_true")
+    e.set_defaults(func=cmd_eval)
+
+    c = sub.add_parser("compare", allow_abbrev=False, help="dense vs candidates, with ratios")
+    c.add_argument("--dense", required=True)
+    c.add_argument("--candidate", action="append", default=[], required=True)
+    common.add_text_args(c, multiple=True)
+    c.add_argument("--data-dir")
+    c.add_argument("--no-speed", action="store_true")
+    c.add_argument("--out", help="folder for comparison.md/.json/.png")
+    c.set_defaults(func=cmd_compare)
+
+    b = sub.add_parser("build", allow_abbrev=False, help="build (or show) a reference model")
+    b.add_argument("name")
+    b.add_argument("--data-dir")
+    b.add_argument("--force", action="store_true")
+    b.set_defaults(func=cmd_build)
+
+    d = sub.add_parser("demo", allow_abbrev=False, help="the main job on the embedded default")
+    d.add_argument("--output", default="surgery-demo")
+    d.set_defaults(func=cmd_demo)
+    return p
+
+
+def _quiet_libraries() -> None:
+    """Hide transformers' per-file progress bars and advisory warnings off a terminal."""
+    import os
+
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if not sys.stderr.isatty():
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+        hf_logging.set_verbosity_error()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    _quiet_libraries()
+    try:
+        args.func(args)
+    except SurgeryError as e:
+        print(f"surgery: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("surgery: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

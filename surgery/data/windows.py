@@ -1,0 +1,41 @@
+"""Token windows: GPTQ-protocol evaluation windows and seeded calibration windows."""
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import torch
+
+from surgery.errors import require
+
+
+def tokenize(tokenizer: Any, text: str) -> torch.Tensor:
+    """All token ids of `text` as one 1-D LongTensor (no padding, no truncation)."""
+    require(len(text) > 0, "empty text: nothing to tokenize")
+    ids = tokenizer(text, return_attention_mask=False, verbose=False)["input_ids"]
+    return torch.tensor(ids, dtype=torch.long)
+
+
+def eval_windows(ids: torch.Tensor, seqlen: int, max_windows: int | None = None) -> torch.Tensor:
+    """Non-overlapping windows `[n, seqlen]`, n = numel // seqlen (the remainder is dropped)."""
+    require(seqlen > 1, f"seqlen must be > 1, got {seqlen}")
+    n = ids.numel() // seqlen
+    require(n > 0, f"text has {ids.numel()} tokens, fewer than one window of {seqlen}")
+    if max_windows is not None:
+        n = min(n, max_windows)
+    return ids[: n * seqlen].view(n, seqlen)
+
+
+def calib_windows(ids: torch.Tensor, nsamples: int, seqlen: int, seed: int = 0) -> torch.Tensor:
+    """`nsamples` random windows of `seqlen` tokens (GPTQ's sampler: Python `random`, `seed`)."""
+    require(nsamples > 0, f"nsamples must be > 0, got {nsamples}")
+    require(ids.numel() > seqlen + 1, f"text has {ids.numel()} tokens, too few for windows of {seqlen}")
+    rng = random.Random(seed)
+    starts = [rng.randint(0, ids.numel() - seqlen - 1) for _ in range(nsamples)]
+    return torch.stack([ids[s : s + seqlen] for s in starts])
+
+
+def batches(windows: torch.Tensor, batch_size: int) -> list[torch.Tensor]:
+    """Split `[n, T]` windows into batches of at most `batch_size` rows."""
+    require(batch_size > 0, f"batch size must be > 0, got {batch_size}")
+    return list(windows.split(batch_size))

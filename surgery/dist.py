@@ -1,0 +1,61 @@
+"""The few distributed facts `surgery` needs: rank, world size, one sum-reduce, clean shutdown.
+
+Works under `torchrun` / `accelerate launch` (any backend), and is a no-op in a single process.
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.distributed as tdist
+
+
+def is_distributed() -> bool:
+    return tdist.is_available() and tdist.is_initialized() and tdist.get_world_size() > 1
+
+
+def rank() -> int:
+    return tdist.get_rank() if is_distributed() else 0
+
+
+def world_size() -> int:
+    return tdist.get_world_size() if is_distributed() else 1
+
+
+def is_main() -> bool:
+    return rank() == 0
+
+
+def init_from_env(cpu: bool | None = None) -> bool:
+    """Start the process group when launched by torchrun (WORLD_SIZE > 1); return whether it did.
+
+    gloo on CPU (MASTER_ADDR defaults to 127.0.0.1), nccl when CUDA is present and `cpu` is not set.
+    """
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or is_distributed():
+        return is_distributed()
+    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+    use_cpu = cpu if cpu is not None else not torch.cuda.is_available()
+    backend = "gloo" if use_cpu else "nccl"
+    tdist.init_process_group(backend=backend)
+    if not use_cpu:
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    return True
+
+
+def all_reduce_sum_(t: torch.Tensor) -> torch.Tensor:
+    """Sum `t` over ranks in place (gloo needs CPU tensors; nccl needs CUDA ones)."""
+    if is_distributed():
+        tdist.all_reduce(t, op=tdist.ReduceOp.SUM)
+    return t
+
+
+def barrier() -> None:
+    if is_distributed():
+        tdist.barrier()
+
+
+def shutdown() -> None:
+    """Barrier then destroy the process group (gloo otherwise aborts at exit now and then)."""
+    if tdist.is_available() and tdist.is_initialized():
+        tdist.barrier()
+        tdist.destroy_process_group()

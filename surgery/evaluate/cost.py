@@ -1,0 +1,58 @@
+"""Cost of a model: parameters, size on disk, and prefill / decode throughput."""
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+
+def param_count(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def size_on_disk(path: str | os.PathLike) -> int:
+    """Bytes of the weight files (`*.safetensors`) of a model folder (or one file)."""
+    p = Path(path)
+    if p.is_file():
+        return p.stat().st_size
+    return sum(f.stat().st_size for f in p.glob("*.safetensors"))
+
+
+@torch.no_grad()
+def throughput(model: nn.Module, vocab_size: int, batch: int = 4, prompt_len: int = 128,
+               new_tokens: int = 32, repeats: int = 3, seed: int = 0) -> dict[str, float]:
+    """Prefill and greedy-decode tokens/s (best of `repeats`), with the KV cache on.
+
+    Decode time = generate(prompt, new_tokens) − one prefill, for the new_tokens − 1 tokens that
+    come after the prefill's; tokens/s counts the whole batch.
+    """
+    model.eval()
+    device = next(model.parameters()).device
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(3, vocab_size, (batch, prompt_len), generator=g).to(device)
+
+    def _sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    model(input_ids=ids)  # warm-up
+    prefill, full = float("inf"), float("inf")
+    for _ in range(repeats):
+        _sync()
+        t = time.perf_counter()
+        model(input_ids=ids, use_cache=True)
+        _sync()
+        prefill = min(prefill, time.perf_counter() - t)
+        t = time.perf_counter()
+        model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens,
+                       min_new_tokens=new_tokens, do_sample=False, pad_token_id=0)
+        _sync()
+        full = min(full, time.perf_counter() - t)
+    decode = max(full - prefill, 1e-9)
+    return {
+        "prefill_tok_s": batch * prompt_len / prefill,
+        "decode_tok_s": batch * (new_tokens - 1) / decode,
+    }

@@ -1,0 +1,89 @@
+"""Text and image loaders, evaluation and calibration windows."""
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+from conftest import requires_data
+from surgery import SurgeryError
+from surgery.data import images, text
+from surgery.data.windows import calib_windows, eval_windows
+
+
+def test_eval_windows_drop_the_remainder():
+    ids = torch.arange(103)
+    w = eval_windows(ids, 10)
+    assert w.shape == (10, 10) and torch.equal(w.reshape(-1), ids[:100])
+    assert eval_windows(ids, 10, max_windows=3).shape == (3, 10)
+    with pytest.raises(SurgeryError, match="fewer than one window"):
+        eval_windows(torch.arange(5), 10)
+
+
+def test_calib_windows_follow_gptq_sampler():
+    ids = torch.arange(1000)
+    w = calib_windows(ids, 4, 16, seed=3)
+    rng = random.Random(3)
+    starts = [rng.randint(0, 1000 - 16 - 1) for _ in range(4)]
+    assert torch.equal(w, torch.stack([ids[s : s + 16] for s in starts]))
+    assert torch.equal(w, calib_windows(ids, 4, 16, seed=3))
+    assert not torch.equal(w, calib_windows(ids, 4, 16, seed=4))
+
+
+def test_embedded_corpus_split():
+    splits = text.embedded()
+    assert set(splits["train"]) == {"sonnets", "comedy_of_errors"}
+    assert set(splits["test"]) == {"midsummer_nights_dream"}
+    assert splits["train"]["sonnets"].startswith("THE SONNETS")
+
+
+def test_load_text_errors(tmp_path, monkeypatch):
+    with pytest.raises(SurgeryError, match="not found"):
+        text.load_text(str(tmp_path / "missing.txt"))
+    f = tmp_path / "a.txt"
+    f.write_text("hello")
+    assert text.load_text(str(f)) == "hello"
+    with pytest.raises(SurgeryError, match="data folder not found"):
+        text.data_dir(str(tmp_path / "nope"))
+    monkeypatch.delenv("SURGERY_DATA_DIR", raising=False)
+    with pytest.raises(SurgeryError, match="no data folder"):
+        text.data_dir(None)
+
+
+def test_digits_split_is_seeded_and_disjoint():
+    tr, te = images.digits("train"), images.digits("test")
+    assert len(tr) + len(te) == 1797
+    assert len(te) == 449
+    x, y = next(te.loader(8))
+    assert x.shape == (8, 1, 8, 8) and float(x.max()) <= 1.0 and y.dtype == torch.long
+    assert torch.equal(images.digits("test").y, te.y)
+
+
+def test_crop_flip_keeps_shape_and_content_when_no_shift():
+    x = torch.rand(6, 3, 8, 8)
+    out = images.crop_flip(x, torch.Generator().manual_seed(0), pad=0)
+    for i in range(6):
+        assert torch.equal(out[i], x[i]) or torch.equal(out[i], x[i].flip(-1))
+
+
+@requires_data()
+def test_wikitext2_gptq_string_length():
+    assert len(text.wikitext2_test()) == 1_294_336
+
+
+@requires_data()
+def test_shakespeare_split_by_whole_plays():
+    s = text.shakespeare()
+    assert set(s["test"]) == {"macbeth", "twelfth_night"}
+    assert set(s["valid"]) == {"julius_caesar", "much_ado_about_nothing"}
+    assert len(s["train"]) == 38 and not (set(s["train"]) & (set(s["test"]) | set(s["valid"])))
+
+
+@requires_data()
+def test_cifar10_and_mnist_decode():
+    c = images.cifar10("test")
+    assert c.x.shape == (10000, 3, 32, 32) and c.x.dtype == torch.uint8
+    assert torch.bincount(c.y).tolist() == [1000] * 10 and c.classes[0] == "airplane"
+    m = images.mnist("test")
+    assert m.x.shape == (10000, 1, 28, 28) and int(m.y[0]) == 7  # the canonical first t10k label

@@ -1,0 +1,72 @@
+"""Two real processes (torchrun, gloo on CPU) give the single-process saliency map."""
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import image_batches, tiny_cnn, tiny_llama, token_batches
+from surgery import SaliencyMap, score
+
+pytestmark = pytest.mark.multi_process
+HERE = Path(__file__).resolve().parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def torchrun(args: list[str], timeout: int = 300) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1",
+           "GLOO_SOCKET_IFNAME": "lo", "ACCELERATE_USE_CPU": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+           "--master_addr", "127.0.0.1", "--master_port", str(free_port()), *args]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+def assert_same_map(got: SaliencyMap, want: SaliencyMap) -> None:
+    assert set(got) == set(want)
+    assert (got.samples, got.batches) == (want.samples, want.batches)
+    for n in want:
+        scale = max(float(want[n].abs().max()), 1e-12)
+        assert float((got[n] - want[n]).abs().max()) <= 1e-6 * scale, n
+
+
+def test_two_processes_equal_one(tmp_path):
+    torchrun([str(HERE / "scripts" / "score_kinds.py"), str(tmp_path)])
+    for kind in ("grad", "abs_grad", "fisher", "taylor"):
+        want = score(tiny_llama(), token_batches(n=5), kind=kind, progress=False)
+        assert_same_map(SaliencyMap.load(tmp_path / f"llama-{kind}.safetensors"), want)
+        want = score(tiny_cnn(), image_batches(n=5), loss="neg_ce", kind=kind, progress=False)
+        assert_same_map(SaliencyMap.load(tmp_path / f"cnn-{kind}.safetensors"), want)
+
+
+def test_cli_under_torchrun_equals_one_process(tmp_path):
+    from surgery.cli.main import main
+    from surgery.data import text
+    from surgery.models import save_model
+    from surgery.models.tokenizer import train_bpe
+
+    model_dir, corpus = tmp_path / "tiny", tmp_path / "c.txt"
+    save_model(tiny_llama(vocab_size=300), model_dir,
+               tokenizer=train_bpe(text.embedded()["train"].values(), 300))
+    corpus.write_text(text.join(text.embedded()["test"])[:12000])
+    common = ["score", "--model", str(model_dir), "--data", str(corpus), "--seqlen", "32",
+              "--max-windows", "7", "--batch-size", "2", "--kind", "abs_grad"]
+    assert main(common + ["--out", str(tmp_path / "one.safetensors")]) == 0
+    torchrun(["-m", "surgery.cli.main", *common, "--cpu", "--out", str(tmp_path / "two.safetensors")])
+    one = SaliencyMap.load(tmp_path / "one.safetensors")
+    two = SaliencyMap.load(tmp_path / "two.safetensors")
+    assert one.batches == 4 and one.samples == 7
+    assert_same_map(two, one)
+    assert not torch.equal(two.mask(0.3)["model.layers.0.mlp.up_proj.weight"],
+                           torch.zeros(40, 32, dtype=torch.bool))
