@@ -19,10 +19,23 @@ from surgery.evaluate import compare
 from surgery.io import atomic_dir
 from surgery.models.adapters import DecoderAdapter
 from surgery.reference import load_reference
+from surgery.quantize import QuantConfig, quantize
 from surgery.saliency import score
 
 MARKER = "demo.json"
 SEQLEN = 128
+QUANT_STEPS = [
+    ("RTN W2g64", {"method": "rtn"}),
+    ("GPTQ W2g64 (act-order)", {"method": "gptq", "act_order": True}),
+    ("ApiQ W2g64", {"method": "apiq", "epochs": 4, "lr_lwc": 1e-2, "lr_lora": 2e-3}),
+    ("ApiQ+saliency W2g64", {"method": "apiq", "epochs": 4, "lr_lwc": 1e-2, "lr_lora": 2e-3,
+                             "saliency_lambda": 10.0}),
+]
+
+
+def _without_speed(rep: compare.Report) -> compare.Report:
+    keep = {k: v for k, v in rep.metrics.items() if not k.endswith("tok_s") and k != "disk_bytes"}
+    return compare.Report(rep.name, {**keep, "bits_per_weight": 32.0}, dense=True)
 
 
 def _saliency_table(smap, adapter: DecoderAdapter) -> str:
@@ -57,7 +70,7 @@ def run_demo(output: str | Path = "surgery-demo", progress: bool = False) -> dic
     calib = calib_windows(train_ids, nsamples=32, seqlen=SEQLEN, seed=0)
     print(f"model: demo-lm ({ref_path}), {sum(p.numel() for p in model.parameters()):,} parameters")
 
-    smap = score(model, calib.split(8), loss="causal_lm", kind="fisher", progress=progress,
+    smap = score(model, calib.split(1), loss="causal_lm", kind="fisher", progress=progress,
                  description=f"embedded:train, 32 windows of {SEQLEN}")
     adapter = DecoderAdapter(model)
     masks = smap.mask(0.1)
@@ -70,6 +83,20 @@ def run_demo(output: str | Path = "surgery-demo", progress: bool = False) -> dic
     table = compare.to_markdown(reports)
     print("\n## Dense baseline\n")
     print(table)
+
+    print("\n## Quantization (2 bits, groups of 64; the saliency map above is the ApiQ regulariser's F)\n")
+    qreports = [reports[0]]
+    for label, kw in QUANT_STEPS:
+        qmodel, _, _ = load_reference("demo-lm", progress=False)
+        cfg = QuantConfig(num_bits=2, group_size=64, nsamples=32, seqlen=SEQLEN, batch_size=8, **kw)
+        result = quantize(qmodel, cfg, calib=calib, fisher=smap if cfg.saliency_lambda else None,
+                          progress=progress)
+        rep = compare.evaluate_lm(qmodel, windows, label, dense=model, speed=False)
+        rep.metrics["bits_per_weight"] = result.theoretical_bits() / result.quantized_weights()
+        rep.metrics["calib_s"] = result.seconds
+        qreports.append(rep)
+    print(compare.to_markdown(qreports[1:] and [_without_speed(qreports[0])] + qreports[1:]))
+    reports = qreports
 
     result = {"model": str(ref_path), "seconds": round(time.time() - t0, 1),
               "saliency": {"kind": smap.kind, "samples": smap.samples},

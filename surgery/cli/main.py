@@ -105,6 +105,17 @@ def cmd_build(args: argparse.Namespace) -> None:
     print(json.dumps({"path": str(path), **info(path)["quality"]}, indent=2))
 
 
+def cmd_run(args: argparse.Namespace) -> None:
+    from surgery.recipe import run_recipe
+
+    metrics = run_recipe(args.recipe, args.output, model=args.model, overrides=args.set,
+                         overwrite=args.overwrite, data_dir=args.data_dir,
+                         progress=common.progress_enabled())
+    if "table" in metrics:
+        print(metrics["table"])
+    print(f"wrote {args.output}/ in {metrics['seconds']} s")
+
+
 def cmd_demo(args: argparse.Namespace) -> None:
     from surgery.cli.demo import run_demo
 
@@ -163,6 +174,16 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--data-dir")
     b.add_argument("--force", action="store_true")
     b.set_defaults(func=cmd_build)
+
+    r = sub.add_parser("run", allow_abbrev=False, help="run a YAML recipe")
+    r.add_argument("recipe")
+    r.add_argument("--model", help="model folder or reference name (overrides the recipe's)")
+    r.add_argument("--output", required=True)
+    r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a recipe value, e.g. quant_stage.quant_modifiers.GPTQModifier.num_bits=3")
+    r.add_argument("--overwrite", action="store_true")
+    r.add_argument("--data-dir")
+    r.set_defaults(func=cmd_run)
 
     d = sub.add_parser("demo", allow_abbrev=False, help="the main job on the embedded default")
     d.add_argument("--output", default="surgery-demo")

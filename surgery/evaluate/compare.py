@@ -95,7 +95,8 @@ def to_markdown(reports: list[Report]) -> str:
             v = r.metrics[k]
             ratio = None if r is base else _ratio(v, base.metrics.get(k, float("nan")))
             cells.append(_fmt(v) + (f" (×{ratio:.3f})" if ratio is not None else ""))
-        lines.append(f"| {r.name}{' (dense)' if r is base else ''} | " + " | ".join(cells) + " |")
+        tag = " (dense)" if r is base and "dense" not in r.name else ""
+        lines.append(f"| {r.name}{tag} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 

@@ -31,7 +31,8 @@ class QuantConfig:
         group_rule: a layer whose input width `group_size` does not divide — `error` (default)
             or `channel` (quantize that layer per channel and record it in the export).
         nsamples / seqlen / batch_size / seed: calibration windows and how they are batched.
-        damp / act_order / block_size: GPTQ (1 % damping; act-order uses static groups).
+        damp / act_order / static_groups / block_size: GPTQ (1 % damping; `static_groups` fixes
+            each group's grid on the original weights, as llm-compressor does; act-order implies it).
         epochs / lr_lwc / lr_lora / wd_lwc / wd_lora / lora_rank / lora_alpha: ApiQ-bw.
         saliency_lambda: λ of the Fisher regulariser λ_i·Σ F⊙(Q(W) − W)²; 0 = plain ApiQ.
         saliency_multiplier: λ_i = λ·multiplier^i for block i.
@@ -40,6 +41,8 @@ class QuantConfig:
         stages: ApiQ training stages `[name, epochs]` — `wpt` (weights only), `mixedt` (both),
             `opt` (output only). Default: `[["mixedt", epochs]]`.
         fisher_samples: calibration windows used for the Fisher (default: all).
+        fisher_batch_size: windows per backward pass of the Fisher; 1 sums per-sample squared
+            gradients (the empirical Fisher, as SqueezeLLM's gradient tool computes it).
         offload: keep block inputs on CPU (for a model on an accelerator).
         resume_dir: checkpoint every finished block there; a rerun resumes after the last one.
     """
@@ -57,6 +60,7 @@ class QuantConfig:
     seed: int = 0
     damp: float = 0.01
     act_order: bool = False
+    static_groups: bool = False
     block_size: int = 128
     epochs: int = 10
     lr_lwc: float = 5e-3
@@ -70,6 +74,7 @@ class QuantConfig:
     reg_target: str = "before_lora"
     stages: list[list[Any]] | None = None
     fisher_samples: int | None = None
+    fisher_batch_size: int = 1
     offload: bool = False
     resume_dir: str | None = None
 

@@ -90,7 +90,7 @@ def _gptq_block(model: nn.Module, block: nn.Module, groups: dict[str, int], inpu
     for name, gs in groups.items():
         lin = model.get_submodule(name)
         Q, qp = gptq_quantize(lin.weight, hess[name].H, cfg.num_bits, gs, cfg.damp, cfg.act_order,
-                              cfg.block_size)
+                              cfg.block_size, cfg.static_groups)
         with torch.no_grad():
             lin.weight.copy_(Q.to(lin.weight.dtype))
         result.layers[name] = LayerQuant(cfg.num_bits, gs, qp.scale, qp.zero)
@@ -143,7 +143,7 @@ def quantize(model: nn.Module, config: QuantConfig, calib: Any = None,
         weights = [f"{n}.weight" for g in plan.values() for n in g]
         if fisher is None:
             n_fisher = cfg.fisher_samples or sum(b.shape[0] for b in batches)
-            fisher_batches = list(torch.cat(batches)[:n_fisher].split(cfg.batch_size))
+            fisher_batches = list(torch.cat(batches)[:n_fisher].split(cfg.fisher_batch_size))
             fisher = score(model, fisher_batches, loss="causal_lm", kind="fisher",
                            include=[f"^{w}$".replace(".", r"\.") for w in weights], progress=progress,
                            description=f"calibration windows ({n_fisher})")

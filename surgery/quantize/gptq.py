@@ -38,8 +38,14 @@ def _grid(w_col: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, bits: in
 
 
 def gptq_quantize(W: torch.Tensor, H: torch.Tensor, bits: int, group_size: int, damp: float = 0.01,
-                  act_order: bool = False, block_size: int = 128) -> tuple[torch.Tensor, QParams]:
-    """Quantized weights (on the returned grid) and their per-(row, group) parameters."""
+                  act_order: bool = False, block_size: int = 128,
+                  static_groups: bool = False) -> tuple[torch.Tensor, QParams]:
+    """Quantized weights (on the returned grid) and their per-(row, group) parameters.
+
+    `static_groups` (implied by `act_order`) takes every group's grid from the original weights
+    before any update, as GPTQ's `--static-groups` and llm-compressor do.
+    """
+    static = static_groups or act_order
     W = W.detach().clone().float()
     rows, cols = W.shape
     H = H.detach().clone().float()
@@ -50,10 +56,11 @@ def gptq_quantize(W: torch.Tensor, H: torch.Tensor, bits: int, group_size: int, 
     scale = torch.empty(rows, ngroups, device=W.device)
     zero = torch.empty(rows, ngroups, device=W.device)
     perm = torch.argsort(torch.diag(H), descending=True) if act_order else torch.arange(cols, device=W.device)
-    if act_order:  # static groups from the original weights
+    if static:  # every group's grid from the original weights
         qp = qparams(W, bits, group_size)
         scale.copy_(qp.scale)
         zero.copy_(qp.zero)
+    if act_order:
         W, H = W[:, perm], H[perm][:, perm]
     H += damp * torch.mean(torch.diag(H)) * torch.eye(cols, device=W.device)
     try:
@@ -72,7 +79,7 @@ def gptq_quantize(W: torch.Tensor, H: torch.Tensor, bits: int, group_size: int, 
         for i in range(i2 - i1):
             col = i1 + i
             g = int(perm[col]) // group_size
-            if not act_order and col % group_size == 0:
+            if not static and col % group_size == 0:
                 qp = qparams(W1[:, i : i + group_size], bits, group_size)
                 scale[:, g], zero[:, g] = qp.scale[:, 0], qp.zero[:, 0]
             w = W1[:, i]

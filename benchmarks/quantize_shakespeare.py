@@ -1,0 +1,191 @@
+"""Quantization benchmark on the Shakespeare reference LM: dense, RTN, GPTQ, ApiQ, ApiQ + saliency.
+
+Perplexity follows the GPTQ protocol (non-overlapping windows of 256 tokens) on the held-out test
+plays and on WikiText-2 test; KL(dense ‖ quantized) on the test plays. Calibration: random
+256-token windows of the training plays, one draw per seed. Each run's calibration wall time and
+peak RSS are measured in the same process. Results are appended to the JSON as runs finish, so a
+killed benchmark resumes.
+
+    SURGERY_DATA_DIR=../shared/data python benchmarks/quantize_shakespeare.py \
+        [--settings W2g64 W3g64 W4g128] [--seeds 0 1 2] [--ablation] [--llmc-python PATH]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import RESULTS, PeakRSS, stamp  # noqa: E402
+
+from surgery.data import text as textdata  # noqa: E402
+from surgery.data.windows import calib_windows, eval_windows, tokenize  # noqa: E402
+from surgery.evaluate import kl_divergence, perplexity  # noqa: E402
+from surgery.quantize import QuantConfig, quantize  # noqa: E402
+from surgery.reference import load_reference  # noqa: E402
+
+SEQLEN = 256
+SETTINGS = {"W2g64": (2, 64), "W3g64": (3, 64), "W4g128": (4, 128)}
+APIQ = dict(epochs=10, lr_lora=2e-3, lr_lwc=1e-2, lora_rank=8, lora_alpha=16.0)
+METHODS = {
+    "rtn": dict(method="rtn"),
+    "gptq": dict(method="gptq"),
+    "gptq+act_order": dict(method="gptq", act_order=True),
+    "apiq": dict(method="apiq", **APIQ),
+    "apiq+sal": dict(method="apiq", saliency_lambda=10.0, **APIQ),
+}
+ABLATION = {  # W2g64, seed 0: λ and stage order
+    "λ=1": dict(saliency_lambda=1.0),
+    "λ=100": dict(saliency_lambda=100.0),
+    "λ=1000": dict(saliency_lambda=1000.0),
+    "wpt5→opt5": dict(saliency_lambda=10.0, stages=[["wpt", 5], ["opt", 5]]),
+    "wpt3→mixedt7": dict(saliency_lambda=10.0, stages=[["wpt", 3], ["mixedt", 7]]),
+    "mixedt5→opt5": dict(saliency_lambda=10.0, stages=[["mixedt", 5], ["opt", 5]]),
+}
+
+
+class Bench:
+    def __init__(self, out: Path, nsamples: int) -> None:
+        self.out = out
+        self.nsamples = nsamples
+        self.runs: dict[str, dict] = json.loads(out.read_text())["runs"] if out.exists() else {}
+        _, self.tok, self.path = load_reference("shakespeare-lm", progress=False)
+        sp = textdata.shakespeare()
+        self.train_ids = tokenize(self.tok, textdata.join(sp["train"]))
+        self.sets = {"test": eval_windows(tokenize(self.tok, textdata.join(sp["test"])), SEQLEN),
+                     "wikitext2": eval_windows(tokenize(self.tok, textdata.wikitext2_test()), SEQLEN)}
+        self.dense = self.fresh()
+
+    def fresh(self) -> torch.nn.Module:
+        model, _, _ = load_reference("shakespeare-lm", progress=False)
+        return model.eval()
+
+    def calib(self, seed: int) -> torch.Tensor:
+        return calib_windows(self.train_ids, self.nsamples, SEQLEN, seed)
+
+    def evaluate(self, model: torch.nn.Module) -> dict[str, float]:
+        out = {f"ppl_{k}": perplexity(model, w) for k, w in self.sets.items()}
+        out["kl_test"] = kl_divergence(self.dense, model, self.sets["test"])
+        return out
+
+    def record(self, key: str, row: dict) -> None:
+        self.runs[key] = row
+        self.out.write_text(json.dumps({**stamp(), "nsamples": self.nsamples, "runs": self.runs}, indent=2))
+        print(f"{key}: {json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()})}",
+              flush=True)
+
+    def run(self, key: str, bits: int, gs: int, seed: int, **kw) -> None:
+        if key in self.runs:
+            return
+        model = self.fresh()
+        cfg = QuantConfig(num_bits=bits, group_size=gs, nsamples=self.nsamples, seqlen=SEQLEN,
+                          batch_size=8, seed=seed, **kw)
+        with PeakRSS() as mem:
+            result = quantize(model, cfg, calib=None if cfg.method == "rtn" else self.calib(seed),
+                              progress=False)
+        self.record(key, {**self.evaluate(model), "seconds": result.seconds, "peak_mib": mem.extra_mib,
+                          "lora_params": result.lora_params(model)})
+
+    def run_llmc(self, key: str, python: str, bits: int, gs: int, seed: int) -> None:
+        if key in self.runs:
+            return
+        from safetensors.torch import save_file
+        from transformers import AutoModelForCausalLM
+        from transformers.utils.quantization_config import CompressedTensorsConfig
+
+        with tempfile.TemporaryDirectory() as tmp:
+            save_file({"input_ids": self.calib(seed).contiguous()}, f"{tmp}/calib.safetensors")
+            proc = subprocess.run([python, str(Path(__file__).parent / "peers" / "llmc_gptq.py"),
+                                   str(self.path), f"{tmp}/calib.safetensors", f"{tmp}/out", str(bits),
+                                   str(gs)], capture_output=True, text=True)
+            if proc.returncode:
+                self.record(key, {"error": proc.stderr.strip().splitlines()[-1][:300]})
+                return
+            seconds = json.loads(proc.stdout.strip().splitlines()[-1])["seconds"]
+            model = AutoModelForCausalLM.from_pretrained(
+                f"{tmp}/out", quantization_config=CompressedTensorsConfig(dequantize=True)).eval()
+            self.record(key, {**self.evaluate(model), "seconds": seconds, "peak_mib": float("nan"),
+                              "lora_params": 0})
+
+
+def fmt(values: list[float]) -> str:
+    if not values:
+        return "–"
+    if len(values) == 1:
+        return f"{values[0]:.3f}"
+    return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
+
+
+def table(bench: Bench, settings: list[str], seeds: list[int], methods: list[str]) -> str:
+    dense = bench.runs["dense"]
+    lines = ["| setting | method | ppl test plays | ppl WikiText-2 | KL to dense (test) | calib s | peak RSS MiB | LoRA params |",
+             "|---|---|---|---|---|---|---|---|",
+             f"| – | dense | {dense['ppl_test']:.3f} | {dense['ppl_wikitext2']:.3f} | 0 | – | – | – |"]
+    gaps = []
+    for s in settings:
+        for m in methods:
+            rows = [bench.runs[k] for k in (f"{s}/{m}/{sd}" for sd in seeds) if k in bench.runs
+                    and "error" not in bench.runs[k]]
+            if not rows:
+                continue
+            col = lambda key: [r[key] for r in rows if not (isinstance(r[key], float) and math.isnan(r[key]))]  # noqa: E731
+            lines.append(f"| {s} | {m} | {fmt(col('ppl_test'))} | {fmt(col('ppl_wikitext2'))} | "
+                         f"{fmt(col('kl_test'))} | {fmt(col('seconds'))} | {fmt(col('peak_mib'))} | "
+                         f"{rows[0]['lora_params']:,} |")
+        a = [bench.runs.get(f"{s}/apiq/{sd}") for sd in seeds]
+        b = [bench.runs.get(f"{s}/apiq+sal/{sd}") for sd in seeds]
+        if all(a) and all(b):
+            for metric in ("ppl_test", "ppl_wikitext2"):
+                pa = statistics.mean(r[metric] for r in a)
+                pb = statistics.mean(r[metric] for r in b)
+                gaps.append(f"{s} {metric}: saliency closes {100 * (pa - pb) / (pa - dense[metric]):.1f}% "
+                            f"of ApiQ's gap to dense ({pa:.3f} → {pb:.3f}; dense {dense[metric]:.3f})")
+    return "\n".join(lines) + ("\n\n" + "\n".join(f"- {g}" for g in gaps) if gaps else "")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(allow_abbrev=False)
+    ap.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    ap.add_argument("--nsamples", type=int, default=128)
+    ap.add_argument("--ablation", action="store_true")
+    ap.add_argument("--llmc-python", help="interpreter of a venv with llmcompressor installed")
+    ap.add_argument("--out", default=str(RESULTS / "quantize_shakespeare.json"))
+    args = ap.parse_args()
+    torch.manual_seed(0)
+    bench = Bench(Path(args.out), args.nsamples)
+    if "dense" not in bench.runs:
+        bench.record("dense", bench.evaluate(bench.dense))
+    methods = list(args.methods)
+    for s in args.settings:
+        bits, gs = SETTINGS[s]
+        for seed in args.seeds:
+            for m in args.methods:
+                bench.run(f"{s}/{m}/{seed}" if m != "rtn" else f"{s}/rtn/0", bits, gs, seed, **METHODS[m])
+            if args.llmc_python:
+                bench.run_llmc(f"{s}/llm-compressor gptq/{seed}", args.llmc_python, bits, gs, seed)
+    if args.llmc_python:
+        methods.append("llm-compressor gptq")
+    text = table(bench, args.settings, args.seeds, methods)
+    if args.ablation:
+        for name, kw in ABLATION.items():
+            bench.run(f"ablation/{name}", 2, 64, 0, method="apiq", **{**APIQ, **kw})
+        base = {"apiq (λ=0)": bench.runs["W2g64/apiq/0"], "apiq+sal (λ=10, mixedt10)": bench.runs["W2g64/apiq+sal/0"]}
+        rows = {**base, **{k: bench.runs[f"ablation/{k}"] for k in ABLATION}}
+        text += ("\n\nAblation, W2g64, calibration seed 0:\n\n| variant | ppl test | ppl WikiText-2 | KL |\n"
+                 "|---|---|---|---|\n" + "\n".join(f"| {k} | {r['ppl_test']:.3f} | {r['ppl_wikitext2']:.3f} | "
+                                                    f"{r['kl_test']:.4f} |" for k, r in rows.items()))
+    (Path(args.out).with_suffix(".md")).write_text(text + "\n")
+    print(text)
+
+
+if __name__ == "__main__":
+    main()

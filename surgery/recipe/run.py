@@ -1,0 +1,123 @@
+"""`surgery run RECIPE --model PATH --output DIR`: run a recipe's stages, write one output folder.
+
+The folder (written atomically; an existing one is kept unless `overwrite`) holds the model
+(compressed-tensors when quantized, plain safetensors otherwise), the resolved `recipe.yaml`, a
+model card `README.md`, `metrics.json` and `versions.json`. Long stages checkpoint into
+`<output>.partial/`, so a killed run resumes there.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from surgery.data.windows import calib_windows, eval_windows, tokenize
+from surgery.errors import SurgeryError, require
+from surgery.evaluate import compare
+from surgery.evaluate.cost import size_on_disk
+from surgery.io import atomic_dir
+from surgery.models.io import load_model, save_model
+from surgery.recipe.card import dump_recipe, model_card, versions
+from surgery.recipe.schema import Recipe, parse
+
+
+def _load(source: str, data_dir: str | None, progress: bool) -> tuple[torch.nn.Module, Any, str]:
+    if Path(source).exists() or os.sep in source or source.startswith("."):
+        model, tok = load_model(source)
+        return model.eval(), tok, str(source)
+    from surgery.reference import REFERENCES, load_reference
+
+    if source not in REFERENCES:
+        raise SurgeryError(f"model folder not found: {source} (and not a reference model: "
+                           f"{', '.join(REFERENCES)})")
+    model, tok, path = load_reference(source, data_dir, progress=progress)
+    return model.eval(), tok, str(path)
+
+
+def _text(source: str, data_dir: str | None) -> str:
+    from surgery.cli.common import read_text
+
+    return read_text(source, "test", data_dir)
+
+
+def _check_output(output: Path, overwrite: bool) -> None:
+    if output.exists() and not overwrite:
+        raise SurgeryError(f"output folder exists: {output} (pass --overwrite to replace it)")
+    parent = output.resolve().parent
+    probe = parent
+    while not probe.exists():
+        probe = probe.parent
+    require(probe.is_dir() and os.access(probe, os.W_OK), f"output folder is not writable: {parent}")
+
+
+def run_recipe(recipe_path: str, output: str, model: str | None = None, overrides: list[str] | None = None,
+               overwrite: bool = False, data_dir: str | None = None, progress: bool = False) -> dict[str, Any]:
+    """Run every stage of the recipe in order; return the metrics written to metrics.json."""
+    recipe: Recipe = parse(recipe_path, overrides)
+    out = Path(output)
+    _check_output(out, overwrite)
+    source = model or recipe.model
+    require(source is not None, "no model: pass --model or set `model:` in the recipe")
+    net, tok, base_path = _load(source, data_dir, progress)
+    dense = copy.deepcopy(net)
+    partial = out.with_name(f".{out.name}.partial")
+    metrics: dict[str, Any] = {"stages": []}
+    quant = None
+    calib = None
+    t0 = time.time()
+    for stage in recipe.stages:
+        st = time.time()
+        if stage.kind == "quant":
+            from surgery.quantize import quantize
+
+            if calib is None and stage.config.method != "rtn":
+                require(tok is not None, "the model has no tokenizer; cannot read calibration text")
+                ids = tokenize(tok, _text(recipe.calibration.data, data_dir))
+                calib = calib_windows(ids, recipe.calibration.nsamples, recipe.calibration.seqlen,
+                                      recipe.calibration.seed)
+            cfg = dataclasses.replace(stage.config, resume_dir=str(partial / stage.name))
+            quant = quantize(net, cfg, calib=calib, progress=progress)
+            metrics["stages"].append({"stage": stage.name, "modifier": stage.modifier,
+                                      **quant.summary(), "lora_params": quant.lora_params(net)})
+        elif stage.kind == "eval":
+            ev = stage.config
+            require(tok is not None, "the model has no tokenizer; cannot read evaluation text")
+            sets = {d: eval_windows(tokenize(tok, _text(d, data_dir)), ev.seqlen, ev.max_windows) for d in ev.data}
+            reports = [compare.evaluate_lm(dense, sets, "dense", speed=ev.speed),
+                       compare.evaluate_lm(net, sets, quant.config.label if quant else "result", dense=dense,
+                                           speed=ev.speed)]
+            metrics["comparison"] = compare.to_json(reports)
+            metrics["table"] = compare.to_markdown(reports)
+            metrics["stages"].append({"stage": stage.name, "seconds": round(time.time() - st, 2)})
+    metrics["seconds"] = round(time.time() - t0, 2)
+    recipe_text = dump_recipe(recipe.raw)
+    with atomic_dir(out, overwrite=overwrite) as tmp:
+        model_dir = tmp / "_model"
+        if quant is not None:
+            from surgery.quantize.export import export
+
+            export(net, quant, model_dir, tokenizer=tok)
+        else:
+            save_model(net, model_dir, tokenizer=tok)
+        metrics["disk_bytes"] = {"dense_fp": sum(p.numel() * p.element_size() for p in dense.parameters()),
+                                 "result": size_on_disk(model_dir)}
+        for f in model_dir.iterdir():
+            f.rename(tmp / f.name)
+        model_dir.rmdir()
+        (tmp / "recipe.yaml").write_text(recipe_text)
+        (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str) + "\n")
+        (tmp / "versions.json").write_text(json.dumps(versions(), indent=2) + "\n")
+        method = quant.config.label if quant else "evaluation"
+        (tmp / "README.md").write_text(model_card(
+            base_path, "quantized" if quant else "finetune", ["quantized"] if quant else [], method,
+            f"{recipe.calibration.data} ({recipe.calibration.nsamples} × {recipe.calibration.seqlen} tokens, "
+            f"seed {recipe.calibration.seed})", metrics.get("table", "(no eval_stage)"), recipe_text))
+    shutil.rmtree(partial, ignore_errors=True)
+    return metrics
