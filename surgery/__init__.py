@@ -10,6 +10,7 @@ from __future__ import annotations
 from torch import nn
 
 from surgery.errors import SurgeryError
+from surgery.models import sliced as _sliced  # noqa: F401  (registers sliced decoders with AutoModel)
 from surgery.saliency import KINDS, MaskSet, SaliencyMap, StructuralScores, score
 
 __version__ = "0.1.0"

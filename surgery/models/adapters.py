@@ -13,7 +13,8 @@ from torch import nn
 from surgery.errors import SurgeryError
 from surgery.saliency.structural import LayerLayout
 
-DECODER_TYPES = ("llama", "mistral", "qwen2")
+DECODER_TYPES = ("llama", "mistral", "qwen2", "surgery_sliced_llama", "surgery_sliced_mistral",
+                 "surgery_sliced_qwen2")
 ATTN_ROLES = ("q", "k", "v", "o")
 MLP_ROLES = ("gate", "up", "down")
 _MODULE = {
@@ -85,7 +86,8 @@ class DecoderAdapter:
         return _get(self.layers[layer], _MODULE[role])
 
     def projections(self, layer: int) -> dict[str, nn.Linear]:
-        return {r: self.proj(layer, r) for r in ATTN_ROLES + MLP_ROLES}
+        roles = ATTN_ROLES + (MLP_ROLES if self.has_mlp(layer) else ())
+        return {r: self.proj(layer, r) for r in roles}
 
     def linear_names(self) -> list[str]:
         """Module names of every block projection, in forward order."""
@@ -94,12 +96,16 @@ class DecoderAdapter:
     def block_shape(self, layer: int) -> BlockShape:
         """Widths as the modules have them now (a sliced model may differ per layer)."""
         q, k = self.proj(layer, "q"), self.proj(layer, "k")
+        mlp = self.layers[layer].mlp
         return BlockShape(
             num_heads=q.out_features // self.head_dim,
             num_kv_heads=k.out_features // self.head_dim,
             head_dim=self.head_dim,
-            intermediate_size=self.proj(layer, "gate").out_features,
+            intermediate_size=mlp.gate_proj.out_features if hasattr(mlp, "gate_proj") else 0,
         )
+
+    def has_mlp(self, layer: int) -> bool:
+        return hasattr(self.layers[layer].mlp, "gate_proj")
 
     def structural_layout(self) -> list[LayerLayout]:
         """Names and unit counts for `surgery.saliency.reduce_structural`."""

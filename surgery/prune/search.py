@@ -1,0 +1,149 @@
+"""Evolutionary search over per-sub-layer sparsity levels (EvoPress / Týr (1+λ) scheme).
+
+A child is the parent with min(U{1..4}, U{1..4}) level switches; a switch moves one step of
+sparsity from one sub-layer to another of the same type, so each type's parameter count — and the
+budget — stays exactly where it was. Duplicates are rejected. Selection is multi-stage: every
+child is scored on a few calibration windows, the best few on more, and the finalists plus the
+parent (elitism) on the most; fitness = KL between the dense model's top-k logits and the
+candidate's logits at the same token ids (both renormalised over those ids).
+"""
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from surgery.errors import require
+from surgery.io import atomic_path
+
+Dist = dict[str, int]
+
+
+class TopKFitness:
+    """KL(dense top-k ‖ candidate at the same ids), mean over predicted tokens of the first n windows."""
+
+    def __init__(self, dense: nn.Module, windows: torch.Tensor, top_k: int, batch_size: int = 8) -> None:
+        self.windows = windows
+        self.batch_size = batch_size
+        self.ids, self.logp = [], []
+        with torch.no_grad():
+            for chunk in windows.split(batch_size):
+                logits = dense(input_ids=chunk).logits[:, :-1].float()
+                top = logits.topk(min(top_k, logits.shape[-1]), dim=-1)
+                self.ids.append(top.indices)
+                self.logp.append(F.log_softmax(top.values, dim=-1))
+
+    @torch.no_grad()
+    def __call__(self, model: nn.Module, n_windows: int) -> float:
+        total, count, seen = 0.0, 0, 0
+        for j, chunk in enumerate(self.windows.split(self.batch_size)):
+            if seen >= n_windows:
+                break
+            chunk = chunk[: n_windows - seen]
+            logits = model(input_ids=chunk).logits[:, :-1].float()
+            ids, logp = self.ids[j][: chunk.shape[0]], self.logp[j][: chunk.shape[0]]
+            logq = F.log_softmax(logits.gather(-1, ids), dim=-1)
+            kl = (logp.exp() * (logp - logq)).sum(-1)
+            total += float(kl.double().sum())
+            count += kl.numel()
+            seen += chunk.shape[0]
+        return total / count
+
+
+def _key(d: Dist) -> str:
+    return json.dumps(d, sort_keys=True)
+
+
+def mutate(parent: Dist, levels: dict[str, list[int]], steps: dict[str, int], rng: random.Random,
+           max_tries: int = 100) -> Dist | None:
+    """The parent with k level switches (same type), or None if no legal switch was found."""
+    child = dict(parent)
+    k = min(rng.randint(1, 4), rng.randint(1, 4))
+    kinds = sorted({key.split(".")[1] for key in levels})
+    done = 0
+    for _ in range(max_tries):
+        if done == k:
+            break
+        kind = rng.choice(kinds)
+        keys = [key for key in levels if key.endswith("." + kind)]
+        step = steps[kind]
+        ups = [key for key in keys if child[key] + step in levels[key]]
+        downs = [key for key in keys if child[key] - step in levels[key]]
+        pairs = [(a, b) for a in ups for b in downs if a != b]
+        if not pairs:
+            continue
+        a, b = rng.choice(pairs)
+        child[a] += step
+        child[b] -= step
+        done += 1
+    return child if done else None
+
+
+def evolve(model: nn.Module, apply: Callable[[Dist], None], parent: Dist, levels: dict[str, list[int]],
+           steps: dict[str, int], fitness: TopKFitness, offspring: int, generations: int,
+           survivors: list[int], stage_windows: list[int], seed: int,
+           cost: Callable[[Dist], float] | None = None, prescreen: float = 1.0,
+           state_file: Path | None = None, progress: bool = False) -> tuple[Dist, list[dict]]:
+    """Run the search from `parent`; return the best distribution and a per-generation history."""
+    require(len(survivors) == len(stage_windows) - 1, "survivors needs one entry fewer than stage_windows")
+    rng = random.Random(seed)
+    history: list[dict] = []
+    start = 0
+    final_n = stage_windows[-1]
+    if state_file is not None and state_file.exists():
+        st = json.loads(state_file.read_text())
+        parent, start, history = st["parent"], st["generation"], st["history"]
+        rng.setstate((st["rng"][0], tuple(st["rng"][1]), st["rng"][2]))
+    apply(parent)
+    parent_fit = fitness(model, final_n)
+    if not history:
+        history.append({"generation": 0, "fitness": parent_fit, "seconds": 0.0, "evaluated": 1})
+    for gen in tqdm(range(start, generations), desc="search", disable=not progress, leave=False):
+        t0 = time.time()
+        seen = {_key(parent)}
+        children: list[Dist] = []
+        tries = 0
+        while len(children) < offspring and tries < 20 * offspring:
+            tries += 1
+            child = mutate(parent, levels, steps, rng)
+            if child is not None and _key(child) not in seen:
+                seen.add(_key(child))
+                children.append(child)
+        if cost is not None and prescreen < 1.0 and children:
+            keep = max(1, math.ceil(prescreen * len(children)))
+            children = sorted(children, key=cost)[:keep]
+        evaluated = 0
+        pool = children
+        for stage, n_windows in enumerate(stage_windows[:-1]):
+            scored = []
+            for child in pool:
+                apply(child)
+                scored.append((fitness(model, n_windows), _key(child), child))
+                evaluated += 1
+            scored.sort(key=lambda t: (t[0], t[1]))
+            pool = [c for _, _, c in scored[: survivors[stage]]]
+        best, best_fit = parent, parent_fit
+        for child in pool:
+            apply(child)
+            f = fitness(model, final_n)
+            evaluated += 1
+            if f < best_fit:
+                best, best_fit = child, f
+        parent, parent_fit = best, best_fit
+        history.append({"generation": gen + 1, "fitness": parent_fit, "seconds": time.time() - t0,
+                        "evaluated": evaluated})
+        if state_file is not None:
+            state = rng.getstate()
+            with atomic_path(state_file) as tmp:
+                tmp.write_text(json.dumps({"parent": parent, "generation": gen + 1, "history": history,
+                                           "rng": [state[0], list(state[1]), state[2]]}))
+    apply(parent)
+    return parent, history

@@ -1,0 +1,126 @@
+"""The local structural solver of Týr-the-Pruner for one sub-layer output projection, pure math.
+
+Problem: the projection W [out, in] sees inputs X (possibly carrying upstream pruning error) and
+should reproduce the dense outputs Y = X_dense W_denseᵀ. Units are groups of input columns (a KV
+group's heads in `o_proj`, one neuron in `down_proj`). With H = XᵀX (damped by 1 % of its mean
+diagonal) and C = XᵀY:
+
+- saliency of unit p (columns P) at the current W: first-order |⟨G_P, W_P⟩| with G = W·H − Cᵀ (the
+  gradient of ½‖XWᵀ − Y‖², non-zero when X ≠ X_dense) plus the OBS term
+  ½·tr(W_P (H⁻¹_PP)⁻¹ W_Pᵀ);
+- progressive removal in rounds: the cheapest units go, the rest absorb them by the OBS update
+  W ← W − W_P (H⁻¹_PP)⁻¹ H⁻¹_P,: and H⁻¹ is downdated;
+- the kept columns K are finally re-solved by least squares, W_K = (H_KK⁻¹ C_K)ᵀ.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from surgery.errors import SurgeryError
+
+
+class Covariance:
+    """Running H = XᵀX/n and M = XᵀX_dense/n for one projection input (C = M·W_denseᵀ)."""
+
+    def __init__(self, dim: int, device: torch.device | str = "cpu") -> None:
+        self.H = torch.zeros(dim, dim, dtype=torch.float64, device=device)
+        self.M = torch.zeros(dim, dim, dtype=torch.float64, device=device)
+        self.n = 0
+
+    def add(self, x: torch.Tensor, x_dense: torch.Tensor) -> None:
+        x = x.reshape(-1, x.shape[-1]).to(self.H.device, torch.float64)
+        xd = x_dense.reshape(-1, x_dense.shape[-1]).to(self.H.device, torch.float64)
+        m = x.shape[0]
+        scale = self.n / (self.n + m)
+        self.H.mul_(scale).addmm_(x.t(), x, alpha=1.0 / (self.n + m))
+        self.M.mul_(scale).addmm_(x.t(), xd, alpha=1.0 / (self.n + m))
+        self.n += m
+
+
+def damped(H: torch.Tensor, damp: float) -> torch.Tensor:
+    H = H.clone()
+    dead = torch.diag(H) == 0
+    H[dead, dead] = 1.0
+    H += damp * torch.mean(torch.diag(H)) * torch.eye(H.shape[0], dtype=H.dtype, device=H.device)
+    return H
+
+
+def _inv(H: torch.Tensor) -> torch.Tensor:
+    try:
+        return torch.cholesky_inverse(torch.linalg.cholesky(H))
+    except RuntimeError:
+        raise SurgeryError("pruning solver: the damped Hessian is not positive definite") from None
+
+
+def least_squares(H: torch.Tensor, C: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """argmin_W ‖XWᵀ − Y‖² with only columns `keep` non-zero: W_K = (H_KK⁻¹ C_K)ᵀ, [out, in]."""
+    W = torch.zeros(C.shape[1], H.shape[0], dtype=H.dtype, device=H.device)
+    if keep.numel():
+        HK = H[keep][:, keep]
+        W[:, keep] = torch.linalg.solve(HK, C[keep]).t()
+    return W
+
+
+def unit_scores(W: torch.Tensor, H: torch.Tensor, C: torch.Tensor, Hinv: torch.Tensor,
+                cols: torch.Tensor) -> torch.Tensor:
+    """First-order + OBS saliency of each unit (rows of `cols`: the unit's column indices)."""
+    G = W @ H - C.t()  # gradient of ½‖XWᵀ − Y‖² in W
+    WP = W[:, cols]  # [out, U, s]
+    first = (G[:, cols] * WP).sum(dim=(0, 2)).abs()
+    blocks = Hinv[cols.unsqueeze(-1), cols.unsqueeze(-2)]  # [U, s, s]
+    z = torch.linalg.solve(blocks, WP.permute(1, 2, 0))  # [U, s, out]
+    obs = 0.5 * (WP.permute(1, 2, 0) * z).sum(dim=(1, 2))
+    return first + obs
+
+
+@dataclass
+class Snapshot:
+    """The result at one unit count: kept unit ids (sorted) and the re-solved weight [out, in]."""
+
+    kept_units: torch.Tensor
+    weight: torch.Tensor
+
+
+def progressive_prune(W: torch.Tensor, cov: Covariance, W_dense: torch.Tensor, unit_size: int,
+                      removals: list[int], damp: float = 0.01, rounds: int = 16) -> dict[int, Snapshot]:
+    """Remove units progressively; return a least-squares re-solved snapshot after each count in
+    `removals` (numbers of units removed, ascending, each ≤ the number of units).
+
+    W is the starting weight (the current, possibly already-updated projection), W_dense the dense
+    weight that defines the targets Y. Each step between two requested counts is done in up to
+    `rounds` rounds of equal size (the cheapest units of each round go together).
+    """
+    W = W.detach().to(torch.float64).clone()
+    H = damped(cov.H, damp)
+    C = cov.M.to(torch.float64) @ W_dense.detach().to(torch.float64).t()  # XᵀY  [in, out]
+    n_units = W.shape[1] // unit_size
+    if W.shape[1] % unit_size:
+        raise SurgeryError(f"{W.shape[1]} input columns do not split into units of {unit_size}")
+    if any(r < 0 or r > n_units for r in removals) or removals != sorted(removals):
+        raise SurgeryError(f"unit removals {removals} must be ascending in [0, {n_units}]")
+    Hinv = _inv(H)
+    alive = torch.ones(n_units, dtype=torch.bool)
+    cols = torch.arange(W.shape[1]).view(n_units, unit_size)
+    out: dict[int, Snapshot] = {}
+    removed = 0
+    for target in removals:
+        todo = target - removed
+        per_round = max(1, -(-todo // rounds)) if todo else 0
+        while removed < target:
+            k = min(per_round, target - removed)
+            idx = torch.nonzero(alive).flatten()
+            gone = idx[torch.argsort(unit_scores(W, H, C, Hinv, cols[idx]), stable=True)[:k]]
+            P = cols[gone].reshape(-1)
+            HPP_inv = torch.linalg.inv(Hinv[P][:, P])
+            W -= W[:, P] @ HPP_inv @ Hinv[P, :]
+            Hinv -= Hinv[:, P] @ HPP_inv @ Hinv[P, :]
+            W[:, P] = 0
+            Hinv[P, :] = 0
+            Hinv[:, P] = 0
+            alive[gone] = False
+            removed += k
+        kept = torch.nonzero(alive).flatten()
+        out[target] = Snapshot(kept, least_squares(H, C, cols[kept].reshape(-1)))
+    return out

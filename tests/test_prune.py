@@ -1,0 +1,261 @@
+"""Pruning: the solver equals direct solves, the budget is exact, sliced == masked after reload,
+killed builds and searches resume exactly, bad input fails clearly."""
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel
+
+from conftest import tiny_llama, tiny_mistral, tiny_qwen2
+from surgery import SurgeryError
+from surgery.models.adapters import DecoderAdapter
+from surgery.prune import PruneConfig, prune
+from surgery.prune import engine as engine_module
+from surgery.prune import supernet as supernet_module
+from surgery.prune.apply import apply_masked, slice_model
+from surgery.prune.search import mutate
+from surgery.prune.solver import Covariance, damped, progressive_prune, unit_scores
+from surgery.prune.supernet import Supernet
+from surgery.prune.solver import Snapshot
+from surgery.prune.units import layout, target_removals
+
+FAST = dict(nsamples=16, seqlen=16, batch_size=4, generations=3, offspring=4, survivors=[2, 1],
+            stage_windows=[2, 4, 8], top_k=16, ffn_step=0.25, iterations=2)
+
+
+def calib(n=16, seed=0):
+    return torch.randint(0, 99, (n, 16), generator=torch.Generator().manual_seed(seed))
+
+
+def layer_data(seed=0, n=400, cols=12, out=5):
+    g = torch.Generator().manual_seed(seed)
+    X = torch.randn(n, cols, generator=g, dtype=torch.float64) @ torch.randn(cols, cols, generator=g,
+                                                                              dtype=torch.float64)
+    W = torch.randn(out, cols, generator=g, dtype=torch.float64)
+    return X, W
+
+
+@pytest.mark.parametrize("unit", [1, 2, 3])
+def test_least_squares_resolve_equals_lstsq(unit):
+    X, W = layer_data()
+    cov = Covariance(12)
+    for chunk in X.split(100):
+        cov.add(chunk, chunk)
+    n_units = 12 // unit
+    snaps = progressive_prune(W, cov, W, unit, [0, 1, n_units // 2, n_units - 1], damp=0.0)
+    Y = X @ W.t()
+    for removed, snap in snaps.items():
+        assert snap.kept_units.numel() == n_units - removed
+        cols = (snap.kept_units.view(-1, 1) * unit + torch.arange(unit)).reshape(-1)
+        direct = torch.zeros_like(W)
+        direct[:, cols] = torch.linalg.lstsq(X[:, cols], Y).solution.t()
+        torch.testing.assert_close(snap.weight, direct, rtol=1e-8, atol=1e-9)
+
+
+def test_obs_cost_at_the_optimum_is_the_exact_loss_increase():
+    """At the least-squares point the first-order term vanishes and the OBS term is exactly the
+    loss increase of removing the unit and re-solving the rest (½ of the squared error, per row)."""
+    X, W = layer_data(1)
+    cov = Covariance(12)
+    cov.add(X, X)
+    H = damped(cov.H, 0.0)
+    C = cov.M @ W.t()
+    Hinv = torch.linalg.inv(H)
+    cols = torch.arange(12).view(6, 2)
+    scores = unit_scores(W, H, C, Hinv, cols)
+    Y = X @ W.t()
+    for u in range(6):
+        keep = torch.tensor([c for c in range(12) if c // 2 != u])
+        fit = torch.linalg.lstsq(X[:, keep], Y).solution
+        increase = 0.5 * float(((X[:, keep] @ fit - Y) ** 2).sum()) / X.shape[0]
+        assert float(scores[u]) == pytest.approx(increase, rel=1e-6, abs=1e-10)
+
+
+def test_first_order_term_sees_upstream_error():
+    X, W = layer_data(2)
+    noisy = X + 0.3 * torch.randn(X.shape, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    cov = Covariance(12)
+    cov.add(noisy, X)
+    H, C = damped(cov.H, 0.0), cov.M @ W.t()
+    G = W @ H - C.t()
+    assert float(G.abs().max()) > 1e-3  # W is no longer optimal for the perturbed inputs
+    snap = progressive_prune(W, cov, W, 1, [0], damp=0.0)[0]  # re-solve on all columns
+    direct = torch.linalg.lstsq(noisy, X @ W.t()).solution.t()
+    torch.testing.assert_close(snap.weight, direct, rtol=1e-8, atol=1e-9)
+
+
+def dense_supernet(model, removed_units):
+    """A supernet whose candidates keep dense weights, zeroing the given units' columns."""
+    ad = DecoderAdapter(model)
+    lay = layout(ad)
+    net = Supernet()
+    for s in lay.sublayers:
+        w = ad.proj(s.layer, "o" if s.kind == "attn" else "down").weight.detach().clone()
+        gone = torch.tensor(removed_units.get(s.key, []), dtype=torch.long)
+        kept = torch.tensor([u for u in range(s.units) if u not in removed_units.get(s.key, [])])
+        cols = (gone.view(-1, 1) * s.unit_cols + torch.arange(s.unit_cols)).reshape(-1)
+        w[:, cols] = 0
+        net.candidates[s.key] = {len(gone): Snapshot(kept, w)}
+    return ad, net, {k: len(v) for k, v in removed_units.items()} | {
+        s.key: 0 for s in lay.sublayers if s.key not in removed_units}
+
+
+@pytest.mark.parametrize("make", [tiny_llama, tiny_qwen2, tiny_mistral])
+def test_removing_zero_units_leaves_logits_unchanged(make):
+    model = make()
+    units = {"0.attn": [1], "1.mlp": [0, 5, 17], "0.mlp": [39]}
+    if model.config.num_key_value_heads == 1:
+        units.pop("0.attn")
+    ad = DecoderAdapter(model)
+    with torch.no_grad():  # make those units' contributions exactly zero
+        for key, us in units.items():
+            layer, kind = key.split(".")
+            lin = ad.proj(int(layer), "o" if kind == "attn" else "down")
+            width = lin.in_features // (ad.block_shape(int(layer)).num_kv_heads if kind == "attn" else lin.in_features)
+            for u in us:
+                lin.weight[:, u * width : (u + 1) * width] = 0
+    ids = torch.randint(0, 99, (2, 11))
+    with torch.no_grad():
+        before = model(input_ids=ids).logits
+    ad, net, dist = dense_supernet(model, units)
+    small = slice_model(ad, net, dist)
+    assert sum(p.numel() for p in small.parameters()) < sum(p.numel() for p in model.parameters())
+    with torch.no_grad():
+        torch.testing.assert_close(small(input_ids=ids).logits, before, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("make", [tiny_llama, tiny_qwen2])
+def test_sliced_equals_masked_after_save_and_reload(tmp_path, make):
+    model = make()
+    result = prune(model, PruneConfig(sparsity=0.5, **FAST), calib(), progress=False)
+    small = result.slice()
+    small.save_pretrained(tmp_path / "s")
+    cfg = json.loads((tmp_path / "s" / "config.json").read_text())
+    back = AutoModelForCausalLM.from_pretrained(tmp_path / "s").eval()  # `import surgery` registered it
+    ids = torch.randint(0, 99, (2, 13))
+    with torch.no_grad():
+        masked = model(input_ids=ids).logits
+        torch.testing.assert_close(back(input_ids=ids).logits, masked, rtol=1e-5, atol=1e-6)
+    params = sum(p.numel() for p in back.parameters())
+    assert params < sum(p.numel() for p in make().parameters())
+    if cfg["model_type"].startswith("surgery_sliced_"):
+        assert len(set(cfg["layer_intermediate_sizes"])) > 1 or len(set(cfg["layer_num_heads"])) > 1
+    # decoding with the KV cache works on the sliced model
+    out = back.generate(ids[:1, :4], max_new_tokens=5, do_sample=False, pad_token_id=0)
+    assert out.shape == (1, 9)
+
+
+def test_uniform_result_saves_as_a_stock_llama(tmp_path):
+    model = tiny_llama()
+    result = prune(model, PruneConfig(sparsity=0.5, start="uniform", **{**FAST, "iterations": 0}), calib(),
+                   progress=False)
+    result.slice().save_pretrained(tmp_path / "u")
+    cfg = json.loads((tmp_path / "u" / "config.json").read_text())
+    assert cfg["model_type"] == "llama" and cfg["intermediate_size"] == 20 and cfg["num_key_value_heads"] == 1
+    assert cfg["head_dim"] == 8 and cfg["num_attention_heads"] == 2
+
+
+@pytest.mark.parametrize("sparsity", [0.25, 0.5])
+def test_budget_is_exact_and_the_search_keeps_it(sparsity):
+    model = tiny_llama()
+    result = prune(model, PruneConfig(sparsity=sparsity, **FAST), calib(), progress=False)
+    lay = result.layout
+    target = target_removals(lay, sparsity)
+    for kind in ("attn", "mlp"):
+        keys = [s.key for s in lay.of_kind(kind)]
+        assert sum(result.distribution[k] for k in keys) == sum(target[k] for k in keys)
+    assert result.removed_params == lay.removed_params(target)
+    small = result.slice()
+    dense_block = DecoderAdapter(tiny_llama()).block_linear_params()
+    assert DecoderAdapter(small).block_linear_params() == dense_block - result.removed_params
+    levels = {"0.mlp": [0, 4, 8, 12], "1.mlp": [0, 4, 8, 12], "0.attn": [0, 1], "1.attn": [0, 1]}
+    rng = random.Random(0)
+    parent = {"0.mlp": 4, "1.mlp": 8, "0.attn": 1, "1.attn": 0}
+    for _ in range(200):
+        child = mutate(parent, levels, {"attn": 1, "mlp": 4}, rng)
+        assert child["0.mlp"] + child["1.mlp"] == 12 and child["0.attn"] + child["1.attn"] == 1
+        assert all(child[k] in levels[k] for k in child)
+
+
+def test_killed_supernet_build_and_search_resume_to_the_same_result(tmp_path, monkeypatch):
+    cfg = dict(sparsity=0.5, **FAST)
+    ref_model = tiny_llama()
+    ref = prune(ref_model, PruneConfig(**cfg), calib(), progress=False)
+
+    real_build = supernet_module.progressive_prune
+    calls = {"n": 0}
+
+    def dying_solver(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 3:  # block 1's attention in iteration 1
+            raise KeyboardInterrupt
+        return real_build(*a, **k)
+
+    monkeypatch.setattr(supernet_module, "progressive_prune", dying_solver)
+    with pytest.raises(KeyboardInterrupt):
+        prune(tiny_llama(), PruneConfig(**cfg, resume_dir=str(tmp_path)), calib(), progress=False)
+    assert (tmp_path / "iteration_0" / "block_0.safetensors").exists()
+    monkeypatch.setattr(supernet_module, "progressive_prune", real_build)
+
+    real_evolve = engine_module.evolve
+    def dying_evolve(*a, **k):  # noqa: E306
+        fit = a[5]
+        real_call = fit.__class__.__call__
+        count = {"n": 0}
+
+        def dying_call(self, model, n):
+            count["n"] += 1
+            if count["n"] == 12:
+                raise KeyboardInterrupt
+            return real_call(self, model, n)
+
+        monkeypatch.setattr(fit.__class__, "__call__", dying_call)
+        try:
+            return real_evolve(*a, **k)
+        finally:
+            monkeypatch.setattr(fit.__class__, "__call__", real_call)
+
+    monkeypatch.setattr(engine_module, "evolve", dying_evolve)
+    with pytest.raises(KeyboardInterrupt):
+        prune(tiny_llama(), PruneConfig(**cfg, resume_dir=str(tmp_path)), calib(), progress=False)
+    assert (tmp_path / "iteration_0" / "search.json").exists()
+    monkeypatch.setattr(engine_module, "evolve", real_evolve)
+    model = tiny_llama()
+    resumed = prune(model, PruneConfig(**cfg, resume_dir=str(tmp_path)), calib(), progress=False)
+    assert resumed.distribution == ref.distribution
+    for (n, a), (_, b) in zip(ref_model.state_dict().items(), model.state_dict().items()):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7, msg=n)
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({"sparsity": 1.0}, r"sparsity must be in \[0, 1\)"),
+    ({"sparsity": -0.1}, r"sparsity must be in \[0, 1\)"),
+    ({"sparsity": 0.9}, "cannot be met"),  # every layer keeps one KV group of its two
+])
+def test_bad_input(kwargs, match):
+    with pytest.raises(SurgeryError, match=match):
+        prune(tiny_llama(), PruneConfig(**{**FAST, **kwargs}), calib(), progress=False)
+
+
+def test_unsupported_architecture_and_empty_calibration():
+    gpt2 = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=50))
+    with pytest.raises(SurgeryError, match="unsupported architecture 'gpt2'"):
+        prune(gpt2, PruneConfig(**FAST), calib(), progress=False)
+    with pytest.raises(SurgeryError, match="empty calibration"):
+        prune(tiny_llama(), PruneConfig(**FAST), torch.zeros(0, 16, dtype=torch.long), progress=False)
+
+
+def test_masked_application_matches_the_supernet():
+    model = tiny_llama()
+    result = prune(model, PruneConfig(sparsity=0.25, **FAST), calib(), progress=False)
+    ad = DecoderAdapter(model)
+    apply_masked(ad, result.supernet, result.distribution)
+    for s in result.layout.sublayers:
+        w = ad.proj(s.layer, "o" if s.kind == "attn" else "down").weight.detach()
+        kept = result.supernet.kept(s.key, result.distribution[s.key])
+        zero_units = [u for u in range(s.units) if u not in kept.tolist()]
+        for u in zero_units:
+            assert float(w[:, u * s.unit_cols : (u + 1) * s.unit_cols].abs().max()) == 0.0
