@@ -42,6 +42,7 @@ METHODS = {
     "apiq": dict(method="apiq", **APIQ),
     "apiq+sal": dict(method="apiq", saliency_lambda=10.0, **APIQ),
 }
+ONE_SEED = {"rtn", "gptq"}  # RTN needs no data; plain GPTQ is shown once beside GPTQ + act-order
 ABLATION = {  # W2g64, seed 0: λ and stage order
     "λ=1": dict(saliency_lambda=1.0),
     "λ=100": dict(saliency_lambda=100.0),
@@ -170,6 +171,8 @@ def main() -> None:
         bits, gs = SETTINGS[s]
         for seed in args.seeds:
             for m in args.methods:
+                if m in ONE_SEED and seed != args.seeds[0]:
+                    continue
                 bench.run(f"{s}/{m}/{seed}" if m != "rtn" else f"{s}/rtn/0", bits, gs, seed, **METHODS[m])
             if args.llmc_python and seed == args.seeds[0]:  # the peer on the first seed only (CPU time)
                 bench.run_llmc(f"{s}/llm-compressor gptq/{seed}", args.llmc_python, bits, gs, seed)

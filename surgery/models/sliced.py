@@ -1,7 +1,8 @@
 """Physically sliced decoders: per-layer query / KV head counts and FFN widths.
 
 Stock transformers builds every layer from the global config (its `per_layer_config` is not
-consumed by the Llama modeling code yet), so a non-uniform result is saved with its own
+consumed by the Llama modeling code yet), so a non-uniform result — or a uniform one whose head
+count the stock config refuses (Llama wants hidden_size % heads == 0) — is saved with its own
 `model_type` (`surgery_sliced_llama`, `_mistral`, `_qwen2`): the base architecture's config plus
 `layer_num_heads`, `layer_num_kv_heads` and `layer_intermediate_sizes`. `import surgery` registers
 these with `AutoConfig` / `AutoModelForCausalLM`, so `from_pretrained(path)` loads the folder with
@@ -107,12 +108,14 @@ def sliced_config(config: Any, heads: list[int], kv_heads: list[int], ffn: list[
         d.pop(k, None)
     d["head_dim"] = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
     uniform = len(set(heads)) == 1 and len(set(kv_heads)) == 1 and len(set(ffn)) == 1 and ffn[0] > 0
+    # a stock config must also accept the head count (Llama checks hidden_size % heads == 0)
+    uniform = uniform and config.hidden_size % heads[0] == 0
     if uniform:
         return cfg_cls(**{**d, "num_attention_heads": heads[0], "num_key_value_heads": kv_heads[0],
                           "intermediate_size": ffn[0]})
-    return SLICED[base][0](**{**d, "num_attention_heads": max(heads), "num_key_value_heads": max(kv_heads),
-                              "intermediate_size": max(max(ffn), 1), "layer_num_heads": heads,
-                              "layer_num_kv_heads": kv_heads, "layer_intermediate_sizes": ffn})
+    # the global counts stay the dense model's (they pass the stock validation); layers read theirs
+    return SLICED[base][0](**{**d, "layer_num_heads": heads, "layer_num_kv_heads": kv_heads,
+                              "layer_intermediate_sizes": ffn})
 
 
 def model_for(config: Any) -> nn.Module:

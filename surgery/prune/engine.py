@@ -10,6 +10,7 @@ shared scorer's structural saliency. The model ends masked with the winner (prun
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -143,12 +144,14 @@ def blend(lay: Layout, uniform: dict[str, int], salient: dict[str, int], strengt
 
 
 def prune(model: nn.Module, config: PruneConfig, calib: torch.Tensor | None,
-          search_calib: torch.Tensor | None = None, progress: bool = True) -> PruneResult:
+          search_calib: torch.Tensor | None = None, progress: bool = True,
+          on_iteration: Callable[[int, PruneResult], None] | None = None) -> PruneResult:
     """Prune `model` (in place, masked) and return the result; `result.slice()` is the small model.
 
     Args:
         calib: calibration windows `[n, T]` for the local solver (and the saliency start).
         search_calib: windows for the search fitness (default: `calib`).
+        on_iteration: called after each iteration with the model masked by that iteration's best.
     """
     t0 = time.time()
     cfg = config
@@ -226,6 +229,9 @@ def prune(model: nn.Module, config: PruneConfig, calib: torch.Tensor | None,
                                   "fitness": history[-1]["fitness"], "achieved_sparsity": achieved,
                                   "seconds": round(time.time() - it0, 1), "history": history})
         centres = best
+        result.distribution = best
+        if on_iteration is not None:
+            on_iteration(t + 1, result)
     result.distribution = centres
     result.seconds = time.time() - t0
     return result
