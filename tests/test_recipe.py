@@ -169,3 +169,61 @@ def test_every_shipped_recipe_parses():
     assert recipes
     for r in recipes:
         assert parse(r).stages, r
+
+
+CHAIN = """\
+calibration:
+  data: {corpus}
+  nsamples: 8
+  seqlen: 16
+prune_stage:
+  prune_modifiers:
+    TyrPruningModifier:
+      sparsity: 0.25
+      search_samples: 8
+      iterations: 1
+      generations: 2
+      offspring: 4
+      survivors: [2, 1]
+      stage_windows: [2, 4, 8]
+      top_k: 16
+quant_stage:
+  quant_modifiers:
+    GPTQModifier:
+      num_bits: 4
+      group_size: 8
+      group_rule: channel
+eval_stage:
+  data: [{corpus}]
+  seqlen: 16
+  speed: false
+"""
+
+
+def test_prune_then_quantize_chain_equals_the_stages_one_by_one(tmp_path, model_dir, corpus):
+    """The chained recipe's folder reloads (sliced + compressed-tensors, mixed schemes) to exactly
+    what running prune, slice and quantize by hand gives."""
+    from surgery.data.windows import calib_windows, eval_windows, tokenize
+    from surgery.evaluate import perplexity
+    from surgery.models import load_model
+    from surgery.prune import PruneConfig, prune
+    from surgery.quantize import QuantConfig, quantize
+
+    recipe = write(tmp_path, CHAIN.format(corpus=corpus))
+    metrics = run_recipe(str(recipe), str(tmp_path / "out"), model=str(model_dir))
+    back, tok = load_model(tmp_path / "out")
+    assert type(back).__name__.startswith("Sliced") or back.config.intermediate_size < 40
+
+    model, tok = load_model(model_dir)
+    ids = tokenize(tok, corpus.read_text())
+    pcfg = parse(recipe).stages[0].config
+    result = prune(model.eval(), pcfg, calib_windows(ids, 8, 16, 0), calib_windows(ids, 8, 16, 1),
+                   progress=False)
+    small = result.slice()
+    qcfg = parse(recipe).stages[1].config
+    quantize(small, qcfg, calib=calib_windows(ids, 8, 16, 0), progress=False)
+    windows = eval_windows(ids, 16)
+    by_hand = perplexity(small, windows)
+    assert perplexity(back, windows) == pytest.approx(by_hand, rel=1e-6)
+    reported = metrics["comparison"]["models"][1]["metrics"][f"ppl:{corpus}"]
+    assert reported == pytest.approx(by_hand, rel=1e-6)

@@ -68,6 +68,8 @@ def _fmt(v: float) -> str:
         return "0"
     if abs(v) >= 1e6:
         return f"{v / 1e6:.2f}M"
+    if abs(v) >= 1e4 and float(v).is_integer():
+        return f"{int(v):,}"
     if abs(v) >= 100:
         return f"{v:.1f}"
     if abs(v) >= 0.01:

@@ -73,8 +73,12 @@ def load_model(
         )
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    qcfg = cfg.get("quantization_config") or {}
     try:
-        model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=dtype or torch.float32)
+        if len(qcfg.get("config_groups", {})) > 1:
+            model = _load_mixed_compressed(folder, cfg, dtype or torch.float32)
+        else:
+            model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=dtype or torch.float32)
     except Exception as e:  # transformers raises many types; all mean "cannot load this folder"
         raise SurgeryError(f"cannot load model from {folder}: {str(e).splitlines()[0]}") from None
     tokenizer = None
@@ -83,6 +87,27 @@ def load_model(
     if device:
         model.to(device)
     return model, tokenizer
+
+
+def _load_mixed_compressed(folder: Path, cfg: dict[str, Any], dtype: torch.dtype) -> nn.Module:
+    """A compressed-tensors folder with several config groups (e.g. pruned widths quantized per
+    channel beside grouped layers): transformers 5.24 dequantizes every layer with the first group's
+    scheme, so we decompress with our reader and load the dense weights ourselves."""
+    from safetensors.torch import load_file
+    from transformers import AutoConfig
+
+    import surgery.models.sliced  # noqa: F401  (registers sliced decoders)
+    from surgery.models.sliced import model_for
+    from surgery.quantize.export import dequantized_weights
+
+    plain = {k: v for k, v in cfg.items() if k != "quantization_config"}
+    config = AutoConfig.for_model(**plain)
+    model = model_for(config)
+    state = {k: v for k, v in load_file(str(folder / "model.safetensors")).items()
+             if not k.endswith(("_packed", "_scale", "_zero_point", "_shape"))}
+    state.update({f"{name}.weight": w for name, w in dequantized_weights(folder).items()})
+    model.load_state_dict(state, strict=True)
+    return model.to(dtype)
 
 
 def save_model(

@@ -37,19 +37,20 @@ def _ct() -> Any:
 def quantization_config(model: nn.Module, result: QuantResult) -> dict[str, Any]:
     """The `quantization_config` block of config.json for this result."""
     version, _, _ = _ct()
-    by_scheme: dict[tuple[int, int], list[str]] = {}
-    for name, lq in result.layers.items():
-        by_scheme.setdefault((lq.bits, lq.group_size), []).append(name)
+    by_scheme: dict[tuple[int, int | None], list[str]] = {}
+    for name, lq in result.layers.items():  # one group per row = compressed-tensors' "channel"
+        gs = lq.group_size if lq.scale.shape[1] > 1 else None
+        by_scheme.setdefault((lq.bits, gs), []).append(name)
     linears = {n for n, m in model.named_modules() if isinstance(m, nn.Linear) and not n.endswith("lm_head")}
     groups = {}
-    for i, ((bits, gs), names) in enumerate(sorted(by_scheme.items())):
+    for i, ((bits, gs), names) in enumerate(sorted(by_scheme.items(), key=lambda kv: (kv[0][0], kv[0][1] or 0))):
         whole = len(by_scheme) == 1 and set(names) == linears
         targets = ["Linear"] if whole else ["re:^" + n.replace(".", r"\.") + "$" for n in names]
         groups[f"group_{i}"] = {
             "targets": targets,
             "weights": {"num_bits": bits, "type": "int", "symmetric": False, "group_size": gs,
-                        "strategy": "group", "dynamic": False, "actorder": None, "observer": "minmax",
-                        "observer_kwargs": {}, "block_structure": None},
+                        "strategy": "group" if gs else "channel", "dynamic": False, "actorder": None,
+                        "observer": "minmax", "observer_kwargs": {}, "block_structure": None},
             "input_activations": None,
             "output_activations": None,
             "format": FORMAT,
@@ -140,13 +141,23 @@ def dequantized_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         shape = torch.Size(tensors[f"{name}.weight_shape"].tolist())
         scale = tensors[f"{name}.weight_scale"]
         gs = shape[1] // scale.shape[1]
-        bits = next(g["weights"]["num_bits"] for g in qcfg["config_groups"].values()
-                    if g["weights"]["group_size"] == gs)
+        scheme = next(g for g in qcfg["config_groups"].values() if _targets(g, name))
+        bits = scheme["weights"]["num_bits"]
         q = unpack(tensors[key], bits, shape)
-        zp = unpack(tensors[f"{name}.weight_zero_point"], bits, scale.shape, packed_dim=0)
+        # unpack along dim 1 of the transpose, in standard strides: compressed-tensors 0.20's own
+        # packed_dim=0 path fails on a single packed row ([1, n] transposes to stride (1, n))
+        zp_t = tensors[f"{name}.weight_zero_point"].t()
+        zp_t = torch.empty(zp_t.shape, dtype=zp_t.dtype).copy_(zp_t)
+        zp = unpack(zp_t, bits, torch.Size([scale.shape[1], scale.shape[0]])).t()
         g = q.to(scale.dtype).reshape(shape[0], -1, gs)
         out[name] = ((g - zp.to(scale.dtype).unsqueeze(-1)) * scale.unsqueeze(-1)).reshape(shape)
     return out
+
+
+def _targets(group: dict[str, Any], name: str) -> bool:
+    import re
+
+    return any(t == "Linear" or (t.startswith("re:") and re.match(t[3:], name)) for t in group["targets"])
 
 
 def packed_bytes(path: str | os.PathLike) -> int:

@@ -47,6 +47,15 @@ def _text(source: str, data_dir: str | None) -> str:
     return read_text(source, "test", data_dir)
 
 
+def _label(pruned: Any, quant: Any) -> str:
+    parts = []
+    if pruned is not None:
+        parts.append(f"pruned {100 * pruned.achieved_sparsity:.1f}%")
+    if quant is not None:
+        parts.append(quant.config.label)
+    return " + ".join(parts) or "unchanged"
+
+
 def _check_output(output: Path, overwrite: bool) -> None:
     if output.exists() and not overwrite:
         raise SurgeryError(f"output folder exists: {output} (pass --overwrite to replace it)")
@@ -70,11 +79,24 @@ def run_recipe(recipe_path: str, output: str, model: str | None = None, override
     partial = out.with_name(f".{out.name}.partial")
     metrics: dict[str, Any] = {"stages": []}
     quant = None
+    pruned = None
     calib = None
     t0 = time.time()
     for stage in recipe.stages:
         st = time.time()
-        if stage.kind == "quant":
+        if stage.kind == "prune":
+            from surgery.prune import prune
+
+            require(tok is not None, "the model has no tokenizer; cannot read calibration text")
+            ids = tokenize(tok, _text(recipe.calibration.data, data_dir))
+            cfg = dataclasses.replace(stage.config, resume_dir=str(partial / stage.name))
+            windows = calib_windows(ids, cfg.nsamples, cfg.seqlen, cfg.seed)
+            search = calib_windows(ids, cfg.search_samples, cfg.seqlen, cfg.seed + 1)
+            result = prune(net, cfg, windows, search, progress=progress)
+            net = result.slice()
+            pruned = result
+            metrics["stages"].append({"stage": stage.name, "modifier": stage.modifier, **result.summary()})
+        elif stage.kind == "quant":
             from surgery.quantize import quantize
 
             if calib is None and stage.config.method != "rtn":
@@ -91,8 +113,7 @@ def run_recipe(recipe_path: str, output: str, model: str | None = None, override
             require(tok is not None, "the model has no tokenizer; cannot read evaluation text")
             sets = {d: eval_windows(tokenize(tok, _text(d, data_dir)), ev.seqlen, ev.max_windows) for d in ev.data}
             reports = [compare.evaluate_lm(dense, sets, "dense", speed=ev.speed),
-                       compare.evaluate_lm(net, sets, quant.config.label if quant else "result", dense=dense,
-                                           speed=ev.speed)]
+                       compare.evaluate_lm(net, sets, _label(pruned, quant), dense=dense, speed=ev.speed)]
             metrics["comparison"] = compare.to_json(reports)
             metrics["table"] = compare.to_markdown(reports)
             metrics["stages"].append({"stage": stage.name, "seconds": round(time.time() - st, 2)})
@@ -114,9 +135,9 @@ def run_recipe(recipe_path: str, output: str, model: str | None = None, override
         (tmp / "recipe.yaml").write_text(recipe_text)
         (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str) + "\n")
         (tmp / "versions.json").write_text(json.dumps(versions(), indent=2) + "\n")
-        method = quant.config.label if quant else "evaluation"
+        tags = (["pruned"] if pruned else []) + (["quantized"] if quant else [])
         (tmp / "README.md").write_text(model_card(
-            base_path, "quantized" if quant else "finetune", ["quantized"] if quant else [], method,
+            base_path, "quantized" if quant else "finetune", tags, _label(pruned, quant),
             f"{recipe.calibration.data} ({recipe.calibration.nsamples} × {recipe.calibration.seqlen} tokens, "
             f"seed {recipe.calibration.seed})", metrics.get("table", "(no eval_stage)"), recipe_text))
     shutil.rmtree(partial, ignore_errors=True)

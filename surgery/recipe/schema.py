@@ -26,10 +26,12 @@ from typing import Any
 import yaml
 
 from surgery.errors import SurgeryError
+from surgery.prune.config import PruneConfig
 from surgery.quantize.config import QuantConfig
 
 QUANT_MODIFIERS = {"RTNModifier": "rtn", "GPTQModifier": "gptq", "ApiQModifier": "apiq"}
-TOP_KEYS = {"model", "calibration", "quant_stage", "eval_stage"}
+PRUNE_MODIFIERS = {"TyrPruningModifier"}
+TOP_KEYS = {"model", "calibration", "prune_stage", "quant_stage", "eval_stage"}
 CALIB_KEYS = {"data": str, "nsamples": int, "seqlen": int, "seed": int, "batch_size": int}
 EVAL_KEYS = {"data": list, "seqlen": int, "max_windows": int, "speed": bool}
 
@@ -54,7 +56,7 @@ class EvalStage:
 @dataclass
 class Stage:
     name: str  # the YAML key, e.g. quant_stage
-    kind: str  # quant | eval
+    kind: str  # prune | quant | eval
     modifier: str | None = None
     config: Any = None
 
@@ -199,18 +201,19 @@ def parse(path: str | os.PathLike, overrides: list[str] | None = None) -> Recipe
                 if k in node:
                     setattr(ev, k, ctx.typed(node, k, t, "eval_stage"))
             stages.append(Stage(key, "eval", config=ev))
+        elif key == "prune_stage":
+            name, opts = _one_modifier(ctx, data, key, node, "prune_modifiers", PRUNE_MODIFIERS)
+            kw = _dataclass_options(ctx, opts, PruneConfig, name)
+            for k in ("nsamples", "seqlen", "seed", "batch_size"):
+                kw.setdefault(k, getattr(calib, k))
+            try:
+                cfg = PruneConfig(**kw)
+            except SurgeryError as e:
+                raise ctx.fail(node["prune_modifiers"], name, f"{name}: {e}") from None
+            stages.append(Stage(key, "prune", name, cfg))
         elif key == "quant_stage":
-            ctx.check_keys(node, {"quant_modifiers"}, "quant_stage")
-            if "quant_modifiers" not in node:
-                raise ctx.fail(data, key, "quant_stage needs a quant_modifiers group")
-            mods = ctx.mapping(node["quant_modifiers"], "quant_modifiers", node, "quant_modifiers")
-            names = [k for k in mods if k != "__lines__"]
-            if len(names) != 1:
-                raise ctx.fail(node, "quant_modifiers", "quant_modifiers holds exactly one modifier")
-            name = names[0]
-            if name not in QUANT_MODIFIERS:
-                raise ctx.fail(mods, name, f"unknown modifier {name!r}; known: {sorted(QUANT_MODIFIERS)}")
-            opts = ctx.mapping(mods[name] or {}, name, mods, name)
+            name, opts = _one_modifier(ctx, data, key, node, "quant_modifiers", QUANT_MODIFIERS)
+            mods = node["quant_modifiers"]
             kw = _dataclass_options(ctx, opts, QuantConfig, name)
             if "method" in kw:
                 raise ctx.fail(opts, "method", f"{name} sets the method itself; remove 'method'")
@@ -222,8 +225,24 @@ def parse(path: str | os.PathLike, overrides: list[str] | None = None) -> Recipe
                 raise ctx.fail(mods, name, f"{name}: {e}") from None
             stages.append(Stage(key, "quant", name, cfg))
     if not stages:
-        raise SurgeryError(f"{p}: the recipe has no stage (quant_stage, eval_stage)")
+        raise SurgeryError(f"{p}: the recipe has no stage (prune_stage, quant_stage, eval_stage)")
     return Recipe(str(p), model, calib, stages, _strip(data))
+
+
+def _one_modifier(ctx: _Ctx, data: dict, key: str, node: dict, group: str,
+                  known: set[str] | dict[str, str]) -> tuple[str, dict]:
+    """The single modifier of a stage's `*_modifiers` group and its options."""
+    ctx.check_keys(node, {group}, key)
+    if group not in node:
+        raise ctx.fail(data, key, f"{key} needs a {group} group")
+    mods = ctx.mapping(node[group], group, node, group)
+    names = [k for k in mods if k != "__lines__"]
+    if len(names) != 1:
+        raise ctx.fail(node, group, f"{group} holds exactly one modifier")
+    name = names[0]
+    if name not in known:
+        raise ctx.fail(mods, name, f"unknown modifier {name!r}; known: {sorted(known)}")
+    return name, ctx.mapping(mods[name] or {}, name, mods, name)
 
 
 def _apply_override(ctx: _Ctx, data: dict, item: str) -> None:
