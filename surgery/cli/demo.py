@@ -1,8 +1,9 @@
 """`surgery demo`: the main job on the embedded default — no flags, no downloads.
 
 Builds (or loads from cache) the demo LM trained on the embedded corpus, scores its weight
-saliency on calibration windows, reduces it to heads / KV groups / neurons, and prints the dense
-baseline table. Outputs go to one folder, written atomically.
+saliency on calibration windows, reduces it to heads / KV groups / neurons, prints the dense
+baseline, then 2-bit quantization (RTN, GPTQ, ApiQ, ApiQ + saliency) and 50 % structural pruning
+(sliced), each against dense. Outputs go to one folder, written atomically.
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from surgery.evaluate import compare
 from surgery.io import atomic_dir
 from surgery.models.adapters import DecoderAdapter
 from surgery.reference import load_reference
+from surgery.prune import PruneConfig, prune
 from surgery.quantize import QuantConfig, quantize
 from surgery.saliency import score
 
@@ -96,7 +98,20 @@ def run_demo(output: str | Path = "surgery-demo", progress: bool = False) -> dic
         rep.metrics["calib_s"] = result.seconds
         qreports.append(rep)
     print(compare.to_markdown(qreports[1:] and [_without_speed(qreports[0])] + qreports[1:]))
-    reports = qreports
+
+    print("\n## Structural pruning (50 % of the block weights; saliency-seeded search; sliced)\n")
+    pmodel, _, _ = load_reference("demo-lm", progress=False)
+    search = calib_windows(train_ids, nsamples=16, seqlen=SEQLEN, seed=1)
+    presult = prune(pmodel, PruneConfig(sparsity=0.5, nsamples=32, seqlen=SEQLEN, search_samples=16,
+                                        iterations=2, generations=4, offspring=8, stage_windows=[2, 4, 16],
+                                        top_k=64), calib, search, progress=progress)
+    small = presult.slice()
+    prep = compare.evaluate_lm(small, windows, f"pruned {100 * presult.achieved_sparsity:.0f}% (sliced)",
+                               dense=model)
+    print(compare.to_markdown([reports[0], prep]))
+    print("\nkept per block (KV groups of 2, neurons of 384): "
+          + ", ".join(f"{r['kv_groups_kept']}/{r['neurons_kept']}" for r in presult.per_layer()))
+    reports = qreports + [prep]
 
     result = {"model": str(ref_path), "seconds": round(time.time() - t0, 1),
               "saliency": {"kind": smap.kind, "samples": smap.samples},

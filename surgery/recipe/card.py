@@ -33,7 +33,7 @@ def model_card(base_model: str, relation: str, tags: list[str], method: str, dat
     front = {"base_model": base_model, "base_model_relation": relation, "library_name": "transformers",
              "tags": ["surgery", *tags]}
     return (f"---\n{yaml.safe_dump(front, sort_keys=False)}---\n\n# {Path(base_model).name} — {method}\n\n"
-            f"Made with `surgery run`. Calibration data: {data}.\n\n## Dense vs result\n\n{table}\n\n"
+            f"Made with `surgery run`. Data: {data}.\n\n## Before vs after\n\n{table}\n\n"
             f"## Recipe\n\n```yaml\n{recipe_text}```\n")
 
 

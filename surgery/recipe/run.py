@@ -47,6 +47,27 @@ def _text(source: str, data_dir: str | None) -> str:
     return read_text(source, "test", data_dir)
 
 
+def _unlearn_table(m: dict[str, Any] | None) -> str:
+    if not m:
+        return ""
+    keys = list(m["before"])
+    rows = ["| model | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
+    for name in ("before", "after"):
+        rows.append(f"| {name} | " + " | ".join(f"{m[name][k]:.2f}" for k in keys) + " |")
+    return "\n".join(rows) + f"\n\nRTE {m['rte_seconds']} s (mask {m['mask_seconds']} s)."
+
+
+def _data_line(recipe: Recipe, unlearned: dict[str, Any] | None, calibrated: Any) -> str:
+    parts = []
+    if unlearned:
+        d = next(st.config["data"] for st in recipe.stages if st.kind == "unlearn")
+        parts.append("forget set " + ", ".join(f"{k}={v}" for k, v in d.items()))
+    if calibrated:
+        c = recipe.calibration
+        parts.append(f"calibration {c.data} ({c.nsamples} × {c.seqlen} tokens, seed {c.seed})")
+    return "; ".join(parts) or "none"
+
+
 def _label(pruned: Any, quant: Any) -> str:
     parts = []
     if pruned is not None:
@@ -80,11 +101,20 @@ def run_recipe(recipe_path: str, output: str, model: str | None = None, override
     metrics: dict[str, Any] = {"stages": []}
     quant = None
     pruned = None
+    unlearned = None
+    extra_writers: list = []
     calib = None
     t0 = time.time()
     for stage in recipe.stages:
         st = time.time()
-        if stage.kind == "prune":
+        if stage.kind == "unlearn":
+            from surgery.recipe import unlearn_stage
+
+            unlearned, writers = unlearn_stage.run(net, tok, stage, lambda src: _text(src, data_dir), data_dir,
+                                                  progress)
+            extra_writers.extend(writers)
+            metrics["stages"].append(unlearned)
+        elif stage.kind == "prune":
             from surgery.prune import prune
 
             require(tok is not None, "the model has no tokenizer; cannot read calibration text")
@@ -132,13 +162,18 @@ def run_recipe(recipe_path: str, output: str, model: str | None = None, override
         for f in model_dir.iterdir():
             f.rename(tmp / f.name)
         model_dir.rmdir()
+        for write in extra_writers:
+            write(tmp)
         (tmp / "recipe.yaml").write_text(recipe_text)
         (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str) + "\n")
         (tmp / "versions.json").write_text(json.dumps(versions(), indent=2) + "\n")
-        tags = (["pruned"] if pruned else []) + (["quantized"] if quant else [])
+        tags = (["unlearning"] if unlearned else []) + (["pruned"] if pruned else []) + \
+            (["quantized"] if quant else [])
         (tmp / "README.md").write_text(model_card(
-            base_path, "quantized" if quant else "finetune", tags, _label(pruned, quant),
-            f"{recipe.calibration.data} ({recipe.calibration.nsamples} × {recipe.calibration.seqlen} tokens, "
-            f"seed {recipe.calibration.seed})", metrics.get("table", "(no eval_stage)"), recipe_text))
+            base_path, "quantized" if quant else "finetune", tags,
+            " + ".join(x for x in ((f"unlearned ({unlearned['method']})" if unlearned else ""),
+                                   _label(pruned, quant)) if x and x != "unchanged") or "unchanged",
+            _data_line(recipe, unlearned, pruned or quant),
+            metrics.get("table") or _unlearn_table(unlearned) or "(no eval_stage)", recipe_text))
     shutil.rmtree(partial, ignore_errors=True)
     return metrics

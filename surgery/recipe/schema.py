@@ -28,10 +28,14 @@ import yaml
 from surgery.errors import SurgeryError
 from surgery.prune.config import PruneConfig
 from surgery.quantize.config import QuantConfig
+from surgery.unlearn.config import UnlearnConfig
 
 QUANT_MODIFIERS = {"RTNModifier": "rtn", "GPTQModifier": "gptq", "ApiQModifier": "apiq"}
 PRUNE_MODIFIERS = {"TyrPruningModifier"}
-TOP_KEYS = {"model", "calibration", "prune_stage", "quant_stage", "eval_stage"}
+UNLEARN_MODIFIERS = {"SalUnModifier": "salun", "UnlearnModifier": None}
+UNLEARN_DATA_KEYS = {"images": str, "forget_class": int, "forget_fraction": float, "split_seed": int,
+                     "forget": str, "retain": str, "seqlen": int, "max_windows": int}
+TOP_KEYS = {"model", "calibration", "unlearn_stage", "prune_stage", "quant_stage", "eval_stage"}
 CALIB_KEYS = {"data": str, "nsamples": int, "seqlen": int, "seed": int, "batch_size": int}
 EVAL_KEYS = {"data": list, "seqlen": int, "max_windows": int, "speed": bool}
 
@@ -56,7 +60,7 @@ class EvalStage:
 @dataclass
 class Stage:
     name: str  # the YAML key, e.g. quant_stage
-    kind: str  # prune | quant | eval
+    kind: str  # unlearn | prune | quant | eval
     modifier: str | None = None
     config: Any = None
 
@@ -201,6 +205,29 @@ def parse(path: str | os.PathLike, overrides: list[str] | None = None) -> Recipe
                 if k in node:
                     setattr(ev, k, ctx.typed(node, k, t, "eval_stage"))
             stages.append(Stage(key, "eval", config=ev))
+        elif key == "unlearn_stage":
+            ctx.check_keys(node, {"data", "unlearn_modifiers"}, key)
+            if "data" not in node:
+                raise ctx.fail(data, key, "unlearn_stage needs a data section (what to forget)")
+            dnode = ctx.mapping(node["data"], "unlearn_stage.data", node, "data")
+            ctx.check_keys(dnode, set(UNLEARN_DATA_KEYS), "unlearn_stage.data")
+            udata = {k: ctx.typed(dnode, k, t, "unlearn_stage.data") for k, t in UNLEARN_DATA_KEYS.items()
+                     if k in dnode}
+            if "images" in udata and ("forget_class" in udata) == ("forget_fraction" in udata):
+                raise ctx.fail(node, "data", "unlearn_stage.data needs exactly one of forget_class, forget_fraction")
+            if "images" not in udata and "forget" not in udata:
+                raise ctx.fail(node, "data", "unlearn_stage.data needs images (classifier) or forget (text)")
+            name, opts = _one_modifier(ctx, data, key, node, "unlearn_modifiers", UNLEARN_MODIFIERS, ("data",))
+            kw = _dataclass_options(ctx, opts, UnlearnConfig, name)
+            if UNLEARN_MODIFIERS[name]:
+                if "method" in kw:
+                    raise ctx.fail(opts, "method", f"{name} sets the method itself; remove 'method'")
+                kw["method"] = UNLEARN_MODIFIERS[name]
+            try:
+                cfg = UnlearnConfig(**kw)
+            except SurgeryError as e:
+                raise ctx.fail(node["unlearn_modifiers"], name, f"{name}: {e}") from None
+            stages.append(Stage(key, "unlearn", name, {"config": cfg, "data": udata}))
         elif key == "prune_stage":
             name, opts = _one_modifier(ctx, data, key, node, "prune_modifiers", PRUNE_MODIFIERS)
             kw = _dataclass_options(ctx, opts, PruneConfig, name)
@@ -225,14 +252,14 @@ def parse(path: str | os.PathLike, overrides: list[str] | None = None) -> Recipe
                 raise ctx.fail(mods, name, f"{name}: {e}") from None
             stages.append(Stage(key, "quant", name, cfg))
     if not stages:
-        raise SurgeryError(f"{p}: the recipe has no stage (prune_stage, quant_stage, eval_stage)")
+        raise SurgeryError(f"{p}: the recipe has no stage (unlearn_stage, prune_stage, quant_stage, eval_stage)")
     return Recipe(str(p), model, calib, stages, _strip(data))
 
 
 def _one_modifier(ctx: _Ctx, data: dict, key: str, node: dict, group: str,
-                  known: set[str] | dict[str, str]) -> tuple[str, dict]:
+                  known: set[str] | dict[str, Any], extra: tuple[str, ...] = ()) -> tuple[str, dict]:
     """The single modifier of a stage's `*_modifiers` group and its options."""
-    ctx.check_keys(node, {group}, key)
+    ctx.check_keys(node, {group, *extra}, key)
     if group not in node:
         raise ctx.fail(data, key, f"{key} needs a {group} group")
     mods = ctx.mapping(node[group], group, node, group)
