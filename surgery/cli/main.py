@@ -203,9 +203,19 @@ def _quiet_libraries() -> None:
         hf_logging.set_verbosity_error()
 
 
+def _raise_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
+    import signal
+    import threading
+
     args = parser().parse_args(argv)
     _quiet_libraries()
+    # SIGTERM (a killed job) unwinds like Ctrl-C, so temporary outputs are removed on the way out
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt) if main_thread else None
     try:
         args.func(args)
     except SurgeryError as e:
@@ -214,6 +224,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("surgery: interrupted", file=sys.stderr)
         return 130
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
     return 0
 
 

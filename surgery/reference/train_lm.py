@@ -70,8 +70,8 @@ def train_lm(spec: LMSpec, root: str | os.PathLike | None, workdir: Path, progre
     torch.manual_seed(spec.seed)
     # The vocabulary sees the excluded works too, so a model retrained without a work shares the
     # original's tokenizer and their perplexities compare token for token.
-    tokenizer = train_bpe(list(splits["train"].values()) + list(splits["excluded"].values()),
-                          spec.vocab_size)
+    vocab_texts = {**splits["train"], **splits["excluded"]}  # sorted by work: the same order either way
+    tokenizer = train_bpe([vocab_texts[k] for k in sorted(vocab_texts)], spec.vocab_size)
     ids = tokenize(tokenizer, textdata.join(splits["train"]))
     model = LlamaForCausalLM(llama_config(spec, tokenizer))
     opt = _optimizer(model, spec)

@@ -1,0 +1,122 @@
+"""SalUn's Table 1 layout on the CIFAR-10 reference ResNet: 10 % random forgetting and class-wise
+forgetting, Retrain / FT / RL / GA / ℓ1-sparse / SalUn, several seeds.
+
+The original model is `cifar10-resnet` (ResNet-8, all 50,000 training images). Retrain = the same
+recipe from scratch on the retain set (the gold standard of each seed). UA, RA, TA, MIA-Efficacy
+(SVC on true-label confidence; shadow = first |test| retain samples vs the test set), RTE
+(wall-clock of the run, SalUn's mask pass included), Avg. Gap to that seed's Retrain. Results are
+appended to the JSON as they finish (a killed run resumes).
+
+    SURGERY_DATA_DIR=../shared/data python benchmarks/unlearn_cifar10.py [--seeds 0 1 2] [--modes random class]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import RESULTS, stamp  # noqa: E402
+
+from surgery.data.images import cifar10  # noqa: E402
+from surgery.reference import get_spec, load_reference  # noqa: E402
+from surgery.unlearn import UnlearnConfig, unlearn  # noqa: E402
+from surgery.unlearn.metrics import GAP_METRICS, avg_gap, classifier_metrics  # noqa: E402
+from surgery.unlearn.splits import class_split, random_split  # noqa: E402
+
+FORGET_CLASS = 1  # automobile
+COMMON = dict(batch_size=128, augment=True, momentum=0.9, weight_decay=5e-4)
+METHODS = {  # two passes over the data at most: RTE stays a small share of Retrain's
+    "FT": dict(method="ft", epochs=2, lr=0.02),
+    "RL": dict(method="rl", epochs=2, lr=0.01),
+    "GA": dict(method="ga", epochs=2, lr=2e-4),
+    "l1-sparse": dict(method="l1_sparse", epochs=2, lr=0.02, l1=5e-5),
+    "SalUn": dict(method="salun", epochs=2, lr=0.01, density=0.5),
+}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(allow_abbrev=False)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--modes", nargs="+", default=["random", "class"], choices=["random", "class"])
+    ap.add_argument("--out", default=str(RESULTS / "unlearn_cifar10.json"))
+    args = ap.parse_args()
+    out = Path(args.out)
+    runs = json.loads(out.read_text())["runs"] if out.exists() else {}
+    train, test_all = cifar10("train"), cifar10("test")
+    spec = get_spec("cifar10-resnet")
+
+    def record(key: str, row: dict) -> None:
+        runs[key] = row
+        out.write_text(json.dumps({**stamp(), "runs": runs}, indent=2))
+        print(key, json.dumps({k: round(v, 2) if isinstance(v, float) else v for k, v in row.items()}), flush=True)
+
+    for mode in args.modes:
+        for seed in args.seeds:
+            if mode == "class":
+                f, r = class_split(train, FORGET_CLASS)
+                test = test_all.subset(torch.nonzero(test_all.y != FORGET_CLASS).flatten())
+            else:
+                f, r = random_split(train, 0.1, seed)
+                test = test_all
+            forget, retain = train.subset(f), train.subset(r)
+            if f"{mode}/{seed}/Original" not in runs:
+                model, _, _ = load_reference("cifar10-resnet", progress=False)
+                record(f"{mode}/{seed}/Original", {**classifier_metrics(model, forget, retain, test), "RTE": 0.0})
+            for name, kw in METHODS.items():
+                key = f"{mode}/{seed}/{name}"
+                if key in runs:
+                    continue
+                model, _, _ = load_reference("cifar10-resnet", progress=False)
+                res = unlearn(model, UnlearnConfig(**COMMON, **kw, seed=seed), forget, retain, progress=False)
+                record(key, {**classifier_metrics(model, forget, retain, test), "RTE": res.seconds})
+            key = f"{mode}/{seed}/Retrain"
+            if key not in runs:
+                model, _, _ = load_reference("cifar10-resnet", progress=False)
+                res = unlearn(model, UnlearnConfig(method="retrain", epochs=spec.epochs, lr=spec.lr,
+                                                   batch_size=spec.batch_size, weight_decay=spec.weight_decay,
+                                                   augment=spec.augment, seed=seed), forget, retain,
+                              progress=False)
+                record(key, {**classifier_metrics(model, forget, retain, test), "RTE": res.seconds})
+
+    print(table(runs, args.modes, args.seeds))
+
+
+def _ms(values: list[float]) -> str:
+    if len(values) == 1:
+        return f"{values[0]:.2f}"
+    return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
+
+
+def table(runs: dict, modes: list[str], seeds: list[int]) -> str:
+    text = []
+    for mode in modes:
+        title = "10 % random forgetting" if mode == "random" else f"class-wise forgetting (class {FORGET_CLASS})"
+        lines = [f"**{title}**, {len(seeds)} seeds, mean ± std (gap to Retrain in parentheses)", "",
+                 "| method | UA | MIA-Eff | RA | TA | Avg. Gap | RTE (s) | RTE / Retrain |",
+                 "|---|---|---|---|---|---|---|---|"]
+        for name in ("Retrain", "Original", *METHODS):
+            pairs = [(runs[f"{mode}/{s}/{name}"], runs[f"{mode}/{s}/Retrain"]) for s in seeds
+                     if f"{mode}/{s}/{name}" in runs and f"{mode}/{s}/Retrain" in runs]
+            if not pairs:
+                continue
+            rows, ret = [p[0] for p in pairs], [p[1] for p in pairs]
+            cells = []
+            for m in GAP_METRICS:
+                v = [r[m] for r in rows]
+                gap = statistics.mean(abs(r[m] - q[m]) for r, q in zip(rows, ret))
+                cells.append(_ms(v) + ("" if name == "Retrain" else f" ({gap:.2f})"))
+            gaps = [avg_gap(r, q) for r, q in zip(rows, ret)]
+            rte = [r["RTE"] for r in rows]
+            ratio = statistics.mean(r["RTE"] / q["RTE"] for r, q in zip(rows, ret))
+            lines.append(f"| {name} | {' | '.join(cells)} | {_ms(gaps)} | {_ms(rte)} | {100 * ratio:.1f} % |")
+        text.append("\n".join(lines))
+    return "\n\n".join(text)
+
+
+if __name__ == "__main__":
+    main()
