@@ -2,8 +2,9 @@
 
 Builds (or loads from cache) the demo LM trained on the embedded corpus, scores its weight
 saliency on calibration windows, reduces it to heads / KV groups / neurons, prints the dense
-baseline, then 2-bit quantization (RTN, GPTQ, ApiQ, ApiQ + saliency) and 50 % structural pruning
-(sliced), each against dense. Outputs go to one folder, written atomically.
+baseline, then 2-bit quantization (RTN, GPTQ, ApiQ, ApiQ + saliency), 50 % structural pruning
+(sliced), each against dense, and SalUn unlearning of a digit class on the digits reference
+classifier. Outputs go to one folder, written atomically.
 """
 from __future__ import annotations
 
@@ -57,6 +58,23 @@ def _saliency_table(smap, adapter: DecoderAdapter) -> str:
         lines.append(f"| {i} | {attn / total:.3f} | {mlp / total:.3f} | {int(h.argmax())} "
                      f"({float(h.max()):.3g}) | {int(g.argmax())} | {half}/{n.numel()} |")
     return "\n".join(lines)
+
+
+def _unlearn_digits(progress: bool) -> dict:
+    from surgery.data.images import digits
+    from surgery.unlearn import UnlearnConfig, unlearn
+    from surgery.unlearn.metrics import classifier_metrics
+    from surgery.unlearn.splits import class_split
+
+    clf, _, _ = load_reference("digits-mlp", progress=progress)
+    train, test = digits("train"), digits("test")
+    f, r = class_split(train, 3)
+    forget, retain = train.subset(f), train.subset(r)
+    test = test.subset(torch.nonzero(test.y != 3).flatten())
+    before = classifier_metrics(clf, forget, retain, test)
+    result = unlearn(clf, UnlearnConfig(method="salun", lr=0.02, epochs=5, batch_size=32), forget, retain,
+                     progress=progress)
+    return {"before": before, "after": classifier_metrics(clf, forget, retain, test), "rte": result.seconds}
 
 
 def run_demo(output: str | Path = "surgery-demo", progress: bool = False) -> dict:
@@ -113,9 +131,17 @@ def run_demo(output: str | Path = "surgery-demo", progress: bool = False) -> dic
           + ", ".join(f"{r['kv_groups_kept']}/{r['neurons_kept']}" for r in presult.per_layer()))
     reports = qreports + [prep]
 
+    print("\n## Unlearning (SalUn: forget digit 3 of scikit-learn's digits, reference MLP)\n")
+    unlearned = _unlearn_digits(progress)
+    print("| model | UA | RA | TA | MIA-Eff | RTE s |\n|---|---|---|---|---|---|")
+    for name in ("before", "after"):
+        m = unlearned[name]
+        rte = f"{unlearned['rte']:.1f}" if name == "after" else "–"
+        print(f"| {name} | {m['UA']:.1f} | {m['RA']:.1f} | {m['TA']:.1f} | {m['MIA']:.1f} | {rte} |")
+
     result = {"model": str(ref_path), "seconds": round(time.time() - t0, 1),
               "saliency": {"kind": smap.kind, "samples": smap.samples},
-              "reports": compare.to_json(reports)}
+              "reports": compare.to_json(reports), "unlearning": unlearned}
     with atomic_dir(out, overwrite=True) as tmp:
         smap.save(tmp / "saliency.safetensors")
         masks.save(tmp / "mask-top10.safetensors", packed=True)

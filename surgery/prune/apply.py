@@ -21,7 +21,7 @@ def apply_masked(adapter: DecoderAdapter, net: Supernet, removed: dict[str, int]
 
 
 def _rows(t: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-    return t.index_select(0, idx)
+    return t.index_select(0, idx.to(t.device))
 
 
 @torch.no_grad()
@@ -45,7 +45,8 @@ def slice_model(adapter: DecoderAdapter, net: Supernet, removed: dict[str, int])
         ffn.append(neurons.numel())
         plans.append((q_rows, kv_rows, neurons))
     cfg = sliced_config(model.config, heads, kv_heads, ffn)
-    new = model_for(cfg).to(dtype=next(model.parameters()).dtype)
+    first = next(model.parameters())
+    new = model_for(cfg).to(device=first.device, dtype=first.dtype)
     sd = {k: v for k, v in model.state_dict().items() if ".layers." not in k}
     for i, (q_rows, kv_rows, neurons) in enumerate(plans):
         p = f"{adapter.prefix}.{i}."
@@ -58,11 +59,11 @@ def slice_model(adapter: DecoderAdapter, net: Supernet, removed: dict[str, int])
             elif k.startswith(("self_attn.k_proj.", "self_attn.v_proj.")):
                 v = _rows(v, kv_rows)
             elif k == "self_attn.o_proj.weight":
-                v = o_full[:, q_rows]
+                v = o_full.to(v.device)[:, q_rows.to(v.device)]
             elif k.startswith(("mlp.gate_proj.", "mlp.up_proj.")):
                 v = _rows(v, neurons)
             elif k == "mlp.down_proj.weight":
-                v = down_full[:, neurons]
+                v = down_full.to(v.device)[:, neurons.to(v.device)]
             if k.startswith("mlp.") and neurons.numel() == 0:
                 continue
             sd[p + k] = v.contiguous()

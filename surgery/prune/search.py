@@ -34,8 +34,10 @@ class TopKFitness:
         self.windows = windows
         self.batch_size = batch_size
         self.ids, self.logp = [], []
+        device = next(dense.parameters()).device
+        self.windows = windows.to(device)
         with torch.no_grad():
-            for chunk in windows.split(batch_size):
+            for chunk in self.windows.split(batch_size):
                 logits = dense(input_ids=chunk).logits[:, :-1].float()
                 top = logits.topk(min(top_k, logits.shape[-1]), dim=-1)
                 self.ids.append(top.indices)

@@ -93,8 +93,8 @@ def progressive_prune(W: torch.Tensor, cov: Covariance, W_dense: torch.Tensor, u
     `rounds` rounds of equal size (the cheapest units of each round go together).
     """
     W = W.detach().to(torch.float64).clone()
-    H = damped(cov.H, damp)
-    C = cov.M.to(torch.float64) @ W_dense.detach().to(torch.float64).t()  # XᵀY  [in, out]
+    H = damped(cov.H.to(W.device), damp)
+    C = cov.M.to(W.device, torch.float64) @ W_dense.detach().to(W.device, torch.float64).t()  # XᵀY [in, out]
     n_units = W.shape[1] // unit_size
     if W.shape[1] % unit_size:
         raise SurgeryError(f"{W.shape[1]} input columns do not split into units of {unit_size}")
@@ -102,7 +102,7 @@ def progressive_prune(W: torch.Tensor, cov: Covariance, W_dense: torch.Tensor, u
         raise SurgeryError(f"unit removals {removals} must be ascending in [0, {n_units}]")
     Hinv = _inv(H)
     alive = torch.ones(n_units, dtype=torch.bool)
-    cols = torch.arange(W.shape[1]).view(n_units, unit_size)
+    cols = torch.arange(W.shape[1], device=W.device).view(n_units, unit_size)
     out: dict[int, Snapshot] = {}
     removed = 0
     for target in removals:
@@ -111,8 +111,9 @@ def progressive_prune(W: torch.Tensor, cov: Covariance, W_dense: torch.Tensor, u
         while removed < target:
             k = min(per_round, target - removed)
             idx = torch.nonzero(alive).flatten()
-            gone = idx[torch.argsort(unit_scores(W, H, C, Hinv, cols[idx]), stable=True)[:k]]
-            P = cols[gone].reshape(-1)
+            order = torch.argsort(unit_scores(W, H, C, Hinv, cols[idx.to(W.device)]).cpu(), stable=True)
+            gone = idx[order[:k]]
+            P = cols[gone.to(W.device)].reshape(-1)
             HPP_inv = torch.linalg.inv(Hinv[P][:, P])
             W -= W[:, P] @ HPP_inv @ Hinv[P, :]
             Hinv -= Hinv[:, P] @ HPP_inv @ Hinv[P, :]
@@ -122,5 +123,5 @@ def progressive_prune(W: torch.Tensor, cov: Covariance, W_dense: torch.Tensor, u
             alive[gone] = False
             removed += k
         kept = torch.nonzero(alive).flatten()
-        out[target] = Snapshot(kept, least_squares(H, C, cols[kept].reshape(-1)))
+        out[target] = Snapshot(kept, least_squares(H, C, cols[kept.to(W.device)].reshape(-1)))
     return out

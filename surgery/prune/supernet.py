@@ -150,7 +150,7 @@ def build_supernet(adapter: DecoderAdapter, lay: Layout, levels: dict[str, list[
         try:
             # attention: o_proj's inputs along the accumulated path
             sa: Sublayer = subs[f"{i}.attn"]
-            cov = Covariance(o.in_features)
+            cov = Covariance(o.in_features, o.weight.device)
             for j, (h, kw) in enumerate(zip(acc_in, inputs.kwargs)):
                 x = dense_ctx[j] if mode == "none" else _capture(block, o, h, kw)[0]
                 cov.add(x, dense_ctx[j])
@@ -159,7 +159,7 @@ def build_supernet(adapter: DecoderAdapter, lay: Layout, levels: dict[str, list[
                 o.weight.copy_(_propagation_weight(snaps_a, centres[sa.key], sa.units, mode, Wo))
             # FFN: down_proj's inputs with the propagated attention in place
             sm: Sublayer = subs[f"{i}.mlp"]
-            cov = Covariance(down.in_features)
+            cov = Covariance(down.in_features, down.weight.device)
             for j, (h, kw) in enumerate(zip(acc_in, inputs.kwargs)):
                 x = dense_act[j] if mode == "none" else _capture(block, down, h, kw)[0]
                 cov.add(x, dense_act[j])

@@ -62,7 +62,7 @@ def _rows(scores: Mapping[str, torch.Tensor], name: str | None, units: int) -> t
     """Sum of each of `units` equal row blocks of a weight (or bias) score; zeros if absent."""
     if name is None or name not in scores:
         return torch.zeros(units, dtype=torch.float64)
-    t = scores[name].double()
+    t = scores[name].detach().to("cpu", torch.float64)
     return t.reshape(units, -1).sum(dim=1)
 
 
@@ -70,12 +70,12 @@ def _cols(scores: Mapping[str, torch.Tensor], name: str, units: int) -> torch.Te
     """Sum of each of `units` equal column blocks of a weight score [out, in]."""
     if name not in scores:
         return torch.zeros(units, dtype=torch.float64)
-    t = scores[name].double()
+    t = scores[name].detach().to("cpu", torch.float64)
     return t.reshape(t.shape[0], units, -1).sum(dim=(0, 2))
 
 
 def reduce_layer(scores: Mapping[str, torch.Tensor], lay: LayerLayout) -> tuple[torch.Tensor, ...]:
-    """(head scores [H], KV-group scores [KV], neuron scores [I]) for one block, in fp64."""
+    """(head scores [H], KV-group scores [KV], neuron scores [I]) for one block, in fp64 on CPU."""
     require(
         lay.num_heads % lay.num_kv_heads == 0,
         f"{lay.num_heads} query heads do not split into {lay.num_kv_heads} KV groups",
