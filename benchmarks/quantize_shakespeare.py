@@ -46,10 +46,8 @@ ONE_SEED = {"rtn", "gptq"}  # RTN needs no data; plain GPTQ is shown once beside
 ABLATION = {  # W2g64, seed 0: λ and stage order
     "λ=1": dict(saliency_lambda=1.0),
     "λ=100": dict(saliency_lambda=100.0),
-    "λ=1000": dict(saliency_lambda=1000.0),
     "wpt5→opt5": dict(saliency_lambda=10.0, stages=[["wpt", 5], ["opt", 5]]),
     "wpt3→mixedt7": dict(saliency_lambda=10.0, stages=[["wpt", 3], ["mixedt", 7]]),
-    "mixedt5→opt5": dict(saliency_lambda=10.0, stages=[["mixedt", 5], ["opt", 5]]),
 }
 
 

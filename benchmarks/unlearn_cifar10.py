@@ -44,7 +44,13 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--modes", nargs="+", default=["random", "class"], choices=["random", "class"])
     ap.add_argument("--out", default=str(RESULTS / "unlearn_cifar10.json"))
+    ap.add_argument("--retrain-dir", help="Retrain models trained elsewhere (--retrain-only), loaded here")
+    ap.add_argument("--retrain-only", action="store_true", help="only train the Retrain models (into --retrain-dir)")
+    ap.add_argument("--device", default="cpu")
     args = ap.parse_args()
+    if args.retrain_only:
+        retrain_only(args)
+        return
     out = Path(args.out)
     runs = json.loads(out.read_text())["runs"] if out.exists() else {}
     train, test_all = cifar10("train"), cifar10("test")
@@ -57,12 +63,7 @@ def main() -> None:
 
     for mode in args.modes:
         for seed in args.seeds:
-            if mode == "class":
-                f, r = class_split(train, FORGET_CLASS)
-                test = test_all.subset(torch.nonzero(test_all.y != FORGET_CLASS).flatten())
-            else:
-                f, r = random_split(train, 0.1, seed)
-                test = test_all
+            f, r, test = splits(mode, seed, train, test_all)
             forget, retain = train.subset(f), train.subset(r)
             if f"{mode}/{seed}/Original" not in runs:
                 model, _, _ = load_reference("cifar10-resnet", progress=False)
@@ -75,6 +76,15 @@ def main() -> None:
                 res = unlearn(model, UnlearnConfig(**COMMON, **kw, seed=seed), forget, retain, progress=False)
                 record(key, {**classifier_metrics(model, forget, retain, test), "RTE": res.seconds})
             key = f"{mode}/{seed}/Retrain"
+            saved = Path(args.retrain_dir or "-") / f"{mode}_{seed}.safetensors"
+            if key not in runs and saved.exists():
+                from safetensors.torch import load_file
+
+                model, _, _ = load_reference("cifar10-resnet", progress=False)
+                model.load_state_dict(load_file(str(saved)))
+                meta = json.loads(saved.with_suffix(".json").read_text())
+                record(key, {**classifier_metrics(model, forget, retain, test), "RTE": meta["seconds"],
+                             "trained_on": meta["device"]})
             if key not in runs:
                 model, _, _ = load_reference("cifar10-resnet", progress=False)
                 res = unlearn(model, UnlearnConfig(method="retrain", epochs=spec.epochs, lr=spec.lr,
@@ -84,6 +94,38 @@ def main() -> None:
                 record(key, {**classifier_metrics(model, forget, retain, test), "RTE": res.seconds})
 
     print(table(runs, args.modes, args.seeds))
+
+
+def splits(mode: str, seed: int, train, test_all):
+    if mode == "class":
+        f, r = class_split(train, FORGET_CLASS)
+        return f, r, test_all.subset(torch.nonzero(test_all.y != FORGET_CLASS).flatten())
+    f, r = random_split(train, 0.1, seed)
+    return f, r, test_all
+
+
+def retrain_only(args: argparse.Namespace) -> None:
+    """Train each (mode, seed) Retrain model on `--device` and save it with its wall time."""
+    from safetensors.torch import save_file
+
+    folder = Path(args.retrain_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    train, test_all = cifar10("train"), cifar10("test")
+    spec = get_spec("cifar10-resnet")
+    for mode in args.modes:
+        for seed in args.seeds:
+            f, r, _ = splits(mode, seed, train, test_all)
+            model, _, _ = load_reference("cifar10-resnet", progress=False)
+            model.to(args.device)
+            res = unlearn(model, UnlearnConfig(method="retrain", epochs=spec.epochs, lr=spec.lr,
+                                               batch_size=spec.batch_size, weight_decay=spec.weight_decay,
+                                               augment=spec.augment, seed=seed), train.subset(f), train.subset(r),
+                          progress=False)
+            save_file({k: v.cpu().contiguous() for k, v in model.state_dict().items()},
+                      str(folder / f"{mode}_{seed}.safetensors"))
+            device = torch.cuda.get_device_name() if args.device == "cuda" else args.device
+            (folder / f"{mode}_{seed}.json").write_text(json.dumps({"seconds": res.seconds, "device": device}))
+            print(mode, seed, round(res.seconds, 1), flush=True)
 
 
 def _ms(values: list[float]) -> str:

@@ -44,9 +44,11 @@ def fit(model: torch.nn.Module, train: ImageSet, epochs: int, batch_size: int, l
     steps = epochs * ((len(train) + batch_size - 1) // batch_size)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.25)
     bar = tqdm(total=steps, desc="train-vision", disable=not progress, dynamic_ncols=True)
+    device = next(model.parameters()).device
     model.train()
     for epoch in range(epochs):
         for x, y in train.loader(batch_size, shuffle=True, seed=seed * 1000 + epoch, augment=augment):
+            x, y = x.to(device), y.to(device)
             loss = F.cross_entropy(model(x), y)
             opt.zero_grad(set_to_none=True)
             loss.backward()

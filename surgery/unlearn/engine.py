@@ -79,8 +79,11 @@ def _classifier_epoch(model: nn.Module, opt, cfg: UnlearnConfig, forget: ImageSe
         opt.step()
         logs[key] = float(loss.detach())
 
+    device = next(model.parameters()).device
+
     def batches(data: ImageSet, s: int):
-        return data.loader(cfg.batch_size, shuffle=True, seed=s, augment=cfg.augment)
+        for x, y in data.loader(cfg.batch_size, shuffle=True, seed=s, augment=cfg.augment):
+            yield x.to(device), y.to(device)
 
     if m in ("salun", "rl") and cfg.schedule == "sequential":
         for x, y in batches(forget, seed):
@@ -116,8 +119,9 @@ def _lm_epoch(model: nn.Module, opt, cfg: UnlearnConfig, forget: torch.Tensor, r
     order = torch.randperm(forget.shape[0], generator=gen)
     r_order = torch.randperm(retain.shape[0], generator=gen) if retain is not None else None
     logs: dict[str, float] = {}
+    device = next(model.parameters()).device
     for j, idx in enumerate(order.split(cfg.batch_size)):
-        ids = forget[idx]
+        ids = forget[idx].to(device)
         if cfg.method == "npo":
             loss = losses.npo_loss(model, reference, ids, cfg.beta)
         else:
@@ -126,7 +130,7 @@ def _lm_epoch(model: nn.Module, opt, cfg: UnlearnConfig, forget: torch.Tensor, r
         if cfg.method in ("graddiff", "npo") and retain is not None and cfg.alpha > 0:
             start = (j * cfg.batch_size) % retain.shape[0]
             r_idx = r_order[start : start + cfg.batch_size]
-            r_loss = losses.nll(model, retain[r_idx])
+            r_loss = losses.nll(model, retain[r_idx].to(device))
             logs["retain_nll"] = float(r_loss.detach())
             loss = loss + cfg.alpha * r_loss
         opt.zero_grad()
@@ -166,7 +170,7 @@ def unlearn(model: nn.Module, config: UnlearnConfig, forget: Any, retain: Any = 
         for p in reference.parameters():
             p.requires_grad_(False)
     gen = torch.Generator().manual_seed(cfg.seed)
-    num_classes = None if lm else int(model(forget.floats(slice(0, 1))).shape[-1])
+    num_classes = None if lm else int(model(forget.floats(slice(0, 1)).to(next(model.parameters()).device)).shape[-1])
     history = []
     try:
         for epoch in tqdm(range(cfg.epochs), desc=f"unlearn[{cfg.method}]", disable=not progress, leave=False):
@@ -195,7 +199,7 @@ def _retrain(model: nn.Module, cfg: UnlearnConfig, retain: ImageSet | None, t0: 
     if spec is None:
         raise SurgeryError("retrain needs a model built by surgery.models.build_vision (its config)")
     torch.manual_seed(cfg.seed)
-    fresh = build_vision(spec)
+    fresh = build_vision(spec).to(next(model.parameters()).device)
     fit(fresh, retain, cfg.epochs, cfg.batch_size, cfg.lr, cfg.weight_decay, cfg.augment, cfg.seed, progress)
     model.load_state_dict(fresh.state_dict())
     model.eval()
