@@ -9,6 +9,8 @@ import os
 import torch
 import torch.distributed as tdist
 
+from surgery.errors import SurgeryError
+
 
 def is_distributed() -> bool:
     return tdist.is_available() and tdist.is_initialized() and tdist.get_world_size() > 1
@@ -47,6 +49,53 @@ def all_reduce_sum_(t: torch.Tensor) -> torch.Tensor:
     if is_distributed():
         tdist.all_reduce(t, op=tdist.ReduceOp.SUM)
     return t
+
+
+def shard_rows(batches: list[torch.Tensor]) -> list[torch.Tensor]:
+    """This rank's equal share of the rows of every batch (all of them in one process).
+
+    Splitting inside each batch (not striping whole batches) keeps the global batch that an
+    optimiser step or a statistic sees the same at any world size.
+    """
+    if not is_distributed():
+        return batches
+    w, r = world_size(), rank()
+    out = []
+    for b in batches:
+        if b.shape[0] % w:
+            raise SurgeryError(f"a batch of {b.shape[0]} windows does not split over {w} processes; "
+                               f"use a batch size (and a sample count) divisible by {w}")
+        k = b.shape[0] // w
+        out.append(b[r * k:(r + 1) * k])
+    return out
+
+
+def average_grads_(params: list[torch.Tensor]) -> None:
+    """Replace each gradient by its mean over ranks (one flat collective)."""
+    if not is_distributed():
+        return
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return
+    flat = torch.cat([g.reshape(-1) for g in grads]).div_(world_size())
+    all_reduce_sum_(flat)
+    offset = 0
+    for g in grads:
+        g.copy_(flat[offset:offset + g.numel()].view_as(g))
+        offset += g.numel()
+
+
+def merge_means_(means: list[torch.Tensor], n: int) -> int:
+    """Turn per-rank running means over `n` rows into the global means, in place; return the global n."""
+    if not is_distributed():
+        return n
+    count = torch.tensor([float(n)], dtype=torch.float64, device=means[0].device if means else "cpu")
+    all_reduce_sum_(count)
+    for m in means:
+        m.mul_(n)
+        all_reduce_sum_(m)
+        m.div_(float(count))
+    return int(count)
 
 
 def barrier() -> None:

@@ -227,3 +227,43 @@ def test_prune_then_quantize_chain_equals_the_stages_one_by_one(tmp_path, model_
     assert perplexity(back, windows) == pytest.approx(by_hand, rel=1e-6)
     reported = metrics["comparison"]["models"][1]["metrics"][f"ppl:{corpus}"]
     assert reported == pytest.approx(by_hand, rel=1e-6)
+
+
+def test_run_killed_between_stages_resumes_without_redoing_the_finished_stage(tmp_path, model_dir, corpus,
+                                                                               monkeypatch):
+    """Killed after the prune stage: the rerun restores the supernet and the search from the partial
+    folder (no solver call, no new generation) and writes what an uninterrupted run writes."""
+    import surgery.quantize as quantize_pkg
+    from surgery.prune import supernet as supernet_module
+
+    recipe = write(tmp_path, CHAIN.format(corpus=corpus))
+    real_quantize = quantize_pkg.quantize
+
+    def killed(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(quantize_pkg, "quantize", killed)
+    with pytest.raises(KeyboardInterrupt):
+        run_recipe(str(recipe), str(tmp_path / "out"), model=str(model_dir))
+    assert not (tmp_path / "out").exists()
+    assert (tmp_path / ".out.partial" / "prune_stage" / "iteration_0" / "search.json").exists()
+    monkeypatch.setattr(quantize_pkg, "quantize", real_quantize)
+
+    real_solver, calls = supernet_module.progressive_prune, {"n": 0}
+
+    def counting(*a, **k):
+        calls["n"] += 1
+        return real_solver(*a, **k)
+
+    monkeypatch.setattr(supernet_module, "progressive_prune", counting)
+    resumed = run_recipe(str(recipe), str(tmp_path / "out"), model=str(model_dir))
+    assert calls["n"] == 0  # the prune stage came back from its checkpoints
+    assert not (tmp_path / ".out.partial").exists()
+    monkeypatch.setattr(supernet_module, "progressive_prune", real_solver)
+    fresh = run_recipe(str(recipe), str(tmp_path / "fresh"), model=str(model_dir))
+    assert resumed["stages"][0]["per_layer"] == fresh["stages"][0]["per_layer"]
+    from surgery.models import load_model
+
+    (a, _), (b, _) = load_model(tmp_path / "out"), load_model(tmp_path / "fresh")  # mixed schemes
+    for (n, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items()):
+        assert torch.equal(x, y), n

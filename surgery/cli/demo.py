@@ -3,7 +3,7 @@
 Builds (or loads from cache) the demo LM trained on the embedded corpus, scores its weight
 saliency on calibration windows, reduces it to heads / KV groups / neurons, prints the dense
 baseline, then 2-bit quantization (RTN, GPTQ, ApiQ, ApiQ + saliency), 50 % structural pruning
-(sliced), each against dense, and SalUn unlearning of a digit class on the digits reference
+(sliced), the chain prune → quantize → export, each against dense, and SalUn unlearning of a digit class on the digits reference
 classifier. Outputs go to one folder, written atomically.
 """
 from __future__ import annotations
@@ -129,7 +129,16 @@ def run_demo(output: str | Path = "surgery-demo", progress: bool = False) -> dic
     print(compare.to_markdown([reports[0], prep]))
     print("\nkept per block (KV groups of 2, neurons of 384): "
           + ", ".join(f"{r['kv_groups_kept']}/{r['neurons_kept']}" for r in presult.per_layer()))
-    reports = qreports + [prep]
+
+    print("\n## Chain: the pruned model quantized (GPTQ W4g64, act-order), exported as compressed-tensors\n")
+    ccfg = QuantConfig(method="gptq", num_bits=4, group_size=64, group_rule="channel", act_order=True,
+                       nsamples=32, seqlen=SEQLEN, batch_size=8)
+    cresult = quantize(small, ccfg, calib=calib, progress=progress)
+    crep = compare.evaluate_lm(small, windows, "pruned 50% + GPTQ W4", dense=model, speed=False)
+    crep.metrics["bits_per_weight"] = cresult.theoretical_bits() / cresult.quantized_weights()
+    best_q = min(qreports[1:], key=lambda r: r.metrics["ppl:heldout"])
+    print(compare.to_markdown([_without_speed(reports[0]), best_q, _without_speed(prep), crep]))
+    reports = qreports + [prep, crep]
 
     print("\n## Unlearning (SalUn: forget digit 3 of scikit-learn's digits, reference MLP)\n")
     unlearned = _unlearn_digits(progress)
@@ -146,6 +155,9 @@ def run_demo(output: str | Path = "surgery-demo", progress: bool = False) -> dic
         smap.save(tmp / "saliency.safetensors")
         masks.save(tmp / "mask-top10.safetensors", packed=True)
         compare.write(reports, tmp)
+        from surgery.quantize.export import export
+
+        export(small, cresult, tmp / "pruned-w4-model", tokenizer=tok)
         (tmp / MARKER).write_text(json.dumps(result, indent=2) + "\n")
     print(f"\nwrote {out}/ in {result['seconds']} s")
     return result

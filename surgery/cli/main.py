@@ -106,14 +106,18 @@ def cmd_build(args: argparse.Namespace) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> None:
+    from surgery import dist
     from surgery.recipe import run_recipe
 
+    dist.init_from_env(cpu=args.cpu or None)  # data-parallel calibration under torchrun
     metrics = run_recipe(args.recipe, args.output, model=args.model, overrides=args.set,
                          overwrite=args.overwrite, data_dir=args.data_dir,
-                         progress=common.progress_enabled())
-    if "table" in metrics:
-        print(metrics["table"])
-    print(f"wrote {args.output}/ in {metrics['seconds']} s")
+                         progress=common.progress_enabled() and dist.is_main())
+    if dist.is_main():
+        if "table" in metrics:
+            print(metrics["table"])
+        print(f"wrote {args.output}/ in {metrics['seconds']} s")
+    dist.shutdown()
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
@@ -183,6 +187,7 @@ def parser() -> argparse.ArgumentParser:
                    help="override a recipe value, e.g. quant_stage.quant_modifiers.GPTQModifier.num_bits=3")
     r.add_argument("--overwrite", action="store_true")
     r.add_argument("--data-dir")
+    r.add_argument("--cpu", action="store_true", help="gloo on CPU under torchrun")
     r.set_defaults(func=cmd_run)
 
     d = sub.add_parser("demo", allow_abbrev=False, help="the main job on the embedded default")

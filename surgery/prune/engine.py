@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from surgery import dist
 from surgery.errors import SurgeryError, require
 from surgery.models.adapters import DecoderAdapter
 from surgery.models.blockwise import capture_block_inputs
@@ -180,7 +181,7 @@ def prune(model: nn.Module, config: PruneConfig, calib: torch.Tensor | None,
     if cfg.start == "saliency" or cfg.trade_budget:
         centres = blend(lay, target, saliency_start(lay, scores, target, cfg.trade_budget),
                         cfg.start_strength if cfg.start == "saliency" else 1.0)
-    inputs = capture_block_inputs(adapter, batches)
+    inputs = capture_block_inputs(adapter, dist.shard_rows(batches))  # data-parallel: this rank's rows
     mlp_units = lay.of_kind("mlp")[0].units
     base_step = max(1, round(cfg.ffn_step * mlp_units))
     resume = Path(cfg.resume_dir) if cfg.resume_dir else None

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from surgery import dist
 from surgery.errors import require
 from surgery.io import atomic_path
 
@@ -28,14 +29,18 @@ Dist = dict[str, int]
 
 
 class TopKFitness:
-    """KL(dense top-k ‖ candidate at the same ids), mean over predicted tokens of the first n windows."""
+    """KL(dense top-k ‖ candidate at the same ids), mean over predicted tokens of the first n windows.
+
+    Data-parallel: window i is scored by rank i mod world size, and the sums are reduced, so every
+    rank gets the same fitness as one process would.
+    """
 
     def __init__(self, dense: nn.Module, windows: torch.Tensor, top_k: int, batch_size: int = 8) -> None:
-        self.windows = windows
         self.batch_size = batch_size
+        self.world, self.rank = dist.world_size(), dist.rank()
         self.ids, self.logp = [], []
         device = next(dense.parameters()).device
-        self.windows = windows.to(device)
+        self.windows = windows[self.rank::self.world].to(device)
         with torch.no_grad():
             for chunk in self.windows.split(batch_size):
                 logits = dense(input_ids=chunk).logits[:, :-1].float()
@@ -45,19 +50,28 @@ class TopKFitness:
 
     @torch.no_grad()
     def __call__(self, model: nn.Module, n_windows: int) -> float:
-        total, count, seen = 0.0, 0, 0
+        mine = len(range(self.rank, n_windows, self.world))  # this rank's share of the first n
+        sums = torch.zeros(2, dtype=torch.float64)  # Σ KL, tokens
+        seen = 0
         for j, chunk in enumerate(self.windows.split(self.batch_size)):
-            if seen >= n_windows:
+            if seen >= mine:
                 break
-            chunk = chunk[: n_windows - seen]
+            chunk = chunk[: mine - seen]
             logits = model(input_ids=chunk).logits[:, :-1].float()
             ids, logp = self.ids[j][: chunk.shape[0]], self.logp[j][: chunk.shape[0]]
             logq = F.log_softmax(logits.gather(-1, ids), dim=-1)
             kl = (logp.exp() * (logp - logq)).sum(-1)
-            total += float(kl.double().sum())
-            count += kl.numel()
+            sums[0] += float(kl.double().sum())
+            sums[1] += kl.numel()
             seen += chunk.shape[0]
-        return total / count
+        return self._reduce(sums)
+
+    def _reduce(self, sums: torch.Tensor) -> float:
+        if dist.is_distributed():
+            on = sums.to(self.windows.device)
+            dist.all_reduce_sum_(on)
+            sums = on.cpu()
+        return float(sums[0] / sums[1])
 
 
 def _key(d: Dist) -> str:
@@ -142,7 +156,7 @@ def evolve(model: nn.Module, apply: Callable[[Dist], None], parent: Dist, levels
         parent, parent_fit = best, best_fit
         history.append({"generation": gen + 1, "fitness": parent_fit, "seconds": time.time() - t0,
                         "evaluated": evaluated})
-        if state_file is not None:
+        if state_file is not None and dist.is_main():  # every rank holds the same state
             state = rng.getstate()
             with atomic_path(state_file) as tmp:
                 tmp.write_text(json.dumps({"parent": parent, "generation": gen + 1, "history": history,

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from surgery import dist
 from surgery.errors import require
 from surgery.io import atomic_path, load_tensors, save_tensors
 from surgery.models.adapters import DecoderAdapter
@@ -89,11 +90,18 @@ def _save_block(folder: Path, index: int, cands: dict[str, dict[int, Snapshot]],
             tensors[f"{key}.{r}.kept"] = sn.kept_units.to(torch.int32)
             tensors[f"{key}.{r}.weight"] = sn.weight[:, keep_cols].to(torch.float32).contiguous()
             tensors[f"{key}.{r}.shape"] = torch.tensor(list(sn.weight.shape) + [unit], dtype=torch.int64)
-    save_tensors(tensors, folder / f"block_{index}.safetensors")
     save_tensors({**{f"acc.{j}": h for j, h in enumerate(acc)}, **{f"dense.{j}": h for j, h in enumerate(dense)}},
-                 folder / "inputs.safetensors")
-    with atomic_path(folder / "state.json") as tmp:  # written last: the commit point
-        tmp.write_text(json.dumps({"fingerprint": fingerprint, "done": index}))
+                 folder / _inputs_name())  # every rank its own calibration rows
+    dist.barrier()
+    if dist.is_main():
+        save_tensors(tensors, folder / f"block_{index}.safetensors")
+        with atomic_path(folder / "state.json") as tmp:  # written last: the commit point
+            tmp.write_text(json.dumps({"fingerprint": fingerprint, "done": index, "world": dist.world_size()}))
+    dist.barrier()
+
+
+def _inputs_name() -> str:
+    return "inputs.safetensors" if not dist.is_distributed() else f"inputs.rank{dist.rank()}.safetensors"
 
 
 def _load_block(folder: Path, index: int) -> dict[str, dict[int, Snapshot]]:
@@ -129,9 +137,11 @@ def build_supernet(adapter: DecoderAdapter, lay: Layout, levels: dict[str, list[
             data = json.loads(state.read_text())
             require(data.get("fingerprint") == fp,
                     f"{folder} holds a supernet of another configuration; use another resume_dir")
+            require(data.get("world", 1) == dist.world_size(),
+                    f"{folder} was written by {data.get('world', 1)} processes; resume it with as many")
             for i in range(data["done"] + 1):
                 net.candidates.update(_load_block(folder, i))
-            saved, _ = load_tensors(folder / "inputs.safetensors")
+            saved, _ = load_tensors(folder / _inputs_name())
             acc_in = [saved[f"acc.{j}"] for j in range(len(inputs))]
             dense_in = [saved[f"dense.{j}"] for j in range(len(inputs))]
             start = data["done"] + 1
@@ -154,6 +164,7 @@ def build_supernet(adapter: DecoderAdapter, lay: Layout, levels: dict[str, list[
             for j, (h, kw) in enumerate(zip(acc_in, inputs.kwargs)):
                 x = dense_ctx[j] if mode == "none" else _capture(block, o, h, kw)[0]
                 cov.add(x, dense_ctx[j])
+            cov.n = dist.merge_means_([cov.H, cov.M], cov.n)
             snaps_a = progressive_prune(Wo, cov, Wo, sa.unit_cols, levels[sa.key], damp, rounds)
             with torch.no_grad():
                 o.weight.copy_(_propagation_weight(snaps_a, centres[sa.key], sa.units, mode, Wo))
@@ -163,6 +174,7 @@ def build_supernet(adapter: DecoderAdapter, lay: Layout, levels: dict[str, list[
             for j, (h, kw) in enumerate(zip(acc_in, inputs.kwargs)):
                 x = dense_act[j] if mode == "none" else _capture(block, down, h, kw)[0]
                 cov.add(x, dense_act[j])
+            cov.n = dist.merge_means_([cov.H, cov.M], cov.n)
             snaps_m = progressive_prune(Wd, cov, Wd, sm.unit_cols, levels[sm.key], damp, rounds)
             with torch.no_grad():
                 down.weight.copy_(_propagation_weight(snaps_m, centres[sm.key], sm.units, mode, Wd))

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from surgery import dist
 from surgery.models.blockwise import BlockInputs, block_forward
 from surgery.quantize.config import STAGES, QuantConfig
 from surgery.quantize.lora import QuantLoRALinear
@@ -52,6 +53,7 @@ def train_block(block: nn.Module, layers: dict[str, QuantLoRALinear], inputs: Bl
                     history[f"{stage}_reg"] = float(reg.detach())
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
+                dist.average_grads_(lwc + lora)  # data-parallel: the global batch's gradient
                 opt.step()
                 if on_step is not None:
                     on_step()

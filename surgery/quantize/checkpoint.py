@@ -7,11 +7,17 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from surgery import dist
 from surgery.errors import require
 from surgery.io import atomic_path, load_tensors, save_tensors
 from surgery.models.adapters import DecoderAdapter
 from surgery.models.blockwise import BlockInputs
 from surgery.quantize.lora import LoRALinear
+
+
+def _inputs_name() -> str:
+    """One inputs file per rank under data parallelism (each holds its own calibration rows)."""
+    return "inputs.safetensors" if not dist.is_distributed() else f"inputs.rank{dist.rank()}.safetensors"
 
 
 class BlockCheckpoint:
@@ -27,6 +33,8 @@ class BlockCheckpoint:
             data = json.loads(state.read_text())
             require(data.get("fingerprint") == fingerprint,
                     f"{self.dir} holds checkpoints of another configuration; use another resume_dir")
+            require(data.get("world", 1) == dist.world_size(),
+                    f"{self.dir} was written by {data.get('world', 1)} processes; resume it with as many")
             self.done = int(data["done"])
 
     def save(self, index: int, model: nn.Module, adapter: DecoderAdapter, result, q_in: BlockInputs,
@@ -44,13 +52,17 @@ class BlockCheckpoint:
                 if isinstance(mod, LoRALinear):
                     lora[name] = [mod.rank, mod.scaling]
         meta = {"lora": json.dumps(lora), "history": json.dumps(result.history.get(index, {}))}
-        save_tensors(tensors, self.dir / f"block_{index}.safetensors", meta)
         inputs = {f"q.{j}": h for j, h in enumerate(q_in.hidden)}
         if fp_in is not None:
             inputs.update({f"fp.{j}": h for j, h in enumerate(fp_in.hidden)})
-        save_tensors(inputs, self.dir / "inputs.safetensors")
-        with atomic_path(self.dir / "state.json") as tmp:  # written last: the commit point
-            tmp.write_text(json.dumps({"fingerprint": self.fingerprint, "done": index}))
+        save_tensors(inputs, self.dir / _inputs_name())  # every rank its own rows
+        dist.barrier()
+        if dist.is_main():
+            save_tensors(tensors, self.dir / f"block_{index}.safetensors", meta)
+            with atomic_path(self.dir / "state.json") as tmp:  # written last: the commit point
+                tmp.write_text(json.dumps({"fingerprint": self.fingerprint, "done": index,
+                                           "world": dist.world_size()}))
+        dist.barrier()
         self.done = index
 
     def restore(self, model: nn.Module, adapter: DecoderAdapter, result,
@@ -74,7 +86,7 @@ class BlockCheckpoint:
                     bits, gs = tensors[f"meta.{name}"].tolist()
                     result.layers[name] = LayerQuant(int(bits), int(gs), tensors[key], tensors[f"zero.{name}"])
             result.history[i] = json.loads(meta.get("history", "{}"))
-        inputs, _ = load_tensors(self.dir / "inputs.safetensors")
+        inputs, _ = load_tensors(self.dir / _inputs_name())
         n = len(q_in)
         q = q_in.with_hidden([inputs[f"q.{j}"] for j in range(n)])
         fp = q_in.with_hidden([inputs[f"fp.{j}"] for j in range(n)]) if "fp.0" in inputs else q

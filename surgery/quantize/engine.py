@@ -15,6 +15,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from surgery import dist
 from surgery.errors import SurgeryError, require
 from surgery.models.adapters import ATTN_ROLES, MLP_ROLES, DecoderAdapter
 from surgery.models.blockwise import BlockInputs, capture_block_inputs, run_block
@@ -87,6 +88,8 @@ def _gptq_block(model: nn.Module, block: nn.Module, groups: dict[str, int], inpu
     finally:
         for h in handles:
             h.remove()
+    for acc in hess.values():  # data-parallel: H over every rank's windows
+        acc.n = dist.merge_means_([acc.H], acc.n)
     for name, gs in groups.items():
         lin = model.get_submodule(name)
         Q, qp = gptq_quantize(lin.weight, hess[name].H, cfg.num_bits, gs, cfg.damp, cfg.act_order,
@@ -151,6 +154,7 @@ def quantize(model: nn.Module, config: QuantConfig, calib: Any = None,
         fisher.check_model(model)
         for w in weights:
             require(w in fisher, f"the fisher map has no entry for {w}")
+    batches = dist.shard_rows(batches)  # data-parallel: this rank's rows of every batch
     ckpt = BlockCheckpoint(cfg.resume_dir, cfg.fingerprint()) if cfg.resume_dir else None
     q_in = capture_block_inputs(adapter, batches, cfg.offload)
     fp_in = q_in

@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from surgery import dist
 from surgery.data.windows import calib_windows, eval_windows, tokenize
 from surgery.errors import SurgeryError, require
 from surgery.evaluate import compare
@@ -148,6 +149,16 @@ def run_recipe(recipe_path: str, output: str, model: str | None = None, override
             metrics["table"] = compare.to_markdown(reports)
             metrics["stages"].append({"stage": stage.name, "seconds": round(time.time() - st, 2)})
     metrics["seconds"] = round(time.time() - t0, 2)
+    if dist.is_main():  # data-parallel: every rank computed the same model; one writes it
+        _write(out, overwrite, net, quant, pruned, unlearned, tok, dense, metrics, extra_writers, recipe, base_path)
+        shutil.rmtree(partial, ignore_errors=True)
+    dist.barrier()
+    return metrics
+
+
+def _write(out: Path, overwrite: bool, net, quant, pruned, unlearned, tok, dense, metrics: dict[str, Any],
+           extra_writers: list, recipe: Recipe, base_path) -> None:
+    """The output folder, atomically: model, recipe.yaml, metrics.json, versions.json, README.md."""
     recipe_text = dump_recipe(recipe.raw)
     with atomic_dir(out, overwrite=overwrite) as tmp:
         model_dir = tmp / "_model"
@@ -175,5 +186,3 @@ def run_recipe(recipe_path: str, output: str, model: str | None = None, override
                                    _label(pruned, quant)) if x and x != "unchanged") or "unchanged",
             _data_line(recipe, unlearned, pruned or quant),
             metrics.get("table") or _unlearn_table(unlearned) or "(no eval_stage)", recipe_text))
-    shutil.rmtree(partial, ignore_errors=True)
-    return metrics
