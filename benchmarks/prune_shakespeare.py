@@ -142,21 +142,57 @@ def main() -> None:
                 b.ours("ablation/search-from-uniform", 0.5, start="uniform", iterations=ABLATION_ITERATIONS)
                 b.ours("ablation/search-saliency-prescreen", 0.5, prescreen=0.5,
                        iterations=ABLATION_ITERATIONS)
-    print(report(b, args.sparsities))
+    text = report(b, args.sparsities)
+    Path(args.out).with_suffix(".md").write_text(text + "\n")
+    print(text)
 
 
 def report(b: Bench, sparsities: list[float]) -> str:
     d = b.runs["dense"]
-    lines = ["| sparsity | method | ppl test plays | ppl WikiText-2 | KL to dense | block weights | search s |",
+    lines = ["| sparsity | method | ppl test plays | ppl WikiText-2 | KL to dense | block weights | wall s |",
              "|---|---|---|---|---|---|---|",
              f"| 0 | dense | {d['ppl_test']:.2f} | {d['ppl_wikitext2']:.1f} | 0 | {d['block_params']:,} | – |"]
-    for s in sparsities:
+    for s in sorted(sparsities):
         for m in ("uniform+solver", "wanda-sp", "flap", "search"):
             r = b.runs.get(f"{s}/{m}")
             if r:
                 lines.append(f"| {s} | {m} | {r['ppl_test']:.2f} | {r['ppl_wikitext2']:.1f} | {r['kl_test']:.4f} | "
                              f"{r['block_params']:,} | {r.get('seconds', 0):.0f} |")
-    return "\n".join(lines)
+        u, srch = b.runs.get(f"{s}/uniform+solver"), b.runs.get(f"{s}/search")
+        if u and srch:
+            lines.append(f"\n{s}: search / uniform perplexity (test plays) = {srch['ppl_test'] / u['ppl_test']:.3f}"
+                         " (goal at 0.5: ≤ 0.75)\n")
+    text = "\n".join(lines)
+    acc = {"none (dense inputs)": b.runs.get("ablation/accumulation=none"),
+           "centre candidate": b.runs.get("ablation/accumulation=centre"),
+           "expectation": b.runs.get("0.5/uniform+solver")}
+    if all(acc.values()):
+        text += ("\n\nAccumulation (50 %, uniform levels, no search):\n\n| next-block inputs | ppl test | "
+                 "ppl WikiText-2 | KL |\n|---|---|---|---|\n" + "\n".join(
+                     f"| {k} | {r['ppl_test']:.2f} | {r['ppl_wikitext2']:.1f} | {r['kl_test']:.4f} |"
+                     for k, r in acc.items()))
+    full = b.runs.get("0.5/search")
+    if full:
+        rows = [("saliency start (full search)", full)]
+        rows += [(k, b.runs[f"ablation/{v}"]) for k, v in (("uniform start", "search-from-uniform"),
+                                                              ("saliency start + pre-screen 50 %",
+                                                               "search-saliency-prescreen"))
+                 if f"ablation/{v}" in b.runs]
+        text += ("\n\nSearch iterations (50 %): test-play perplexity and fitness (top-k KL on the search "
+                 "windows) after each iteration, cumulative wall time:\n\n| variant | iteration | ppl test | "
+                 "fitness | s |\n|---|---|---|---|---|\n")
+        for name, r in rows:
+            total = 0.0
+            for it in r["per_iteration"]:
+                total += it["seconds"]
+                text += f"| {name} | {it['iteration']} | {it['ppl_test']:.2f} | {it['fitness']:.4f} | {total:.0f} |\n"
+        if "speed" in full:
+            sp = full["speed"]
+            text += (f"\nSliced 50 % model vs dense, same process: prefill {sp['ratio']['prefill_tok_s']:.2f}×, "
+                     f"decode {sp['ratio']['decode_tok_s']:.2f}× (goal ≥ 1.5×); dense "
+                     f"{sp['dense']['prefill_tok_s']:.0f} / {sp['dense']['decode_tok_s']:.0f} tok/s, sliced "
+                     f"{sp['sliced']['prefill_tok_s']:.0f} / {sp['sliced']['decode_tok_s']:.0f} tok/s.\n")
+    return text
 
 
 if __name__ == "__main__":

@@ -47,7 +47,6 @@ ABLATION = {  # W2g64, seed 0: λ and stage order
     "λ=1": dict(saliency_lambda=1.0),
     "λ=100": dict(saliency_lambda=100.0),
     "wpt5→opt5": dict(saliency_lambda=10.0, stages=[["wpt", 5], ["opt", 5]]),
-    "wpt3→mixedt7": dict(saliency_lambda=10.0, stages=[["wpt", 3], ["mixedt", 7]]),
 }
 
 
@@ -159,13 +158,14 @@ def main() -> None:
     ap.add_argument("--ablation", action="store_true")
     ap.add_argument("--llmc-python", help="interpreter of a venv with llmcompressor installed")
     ap.add_argument("--out", default=str(RESULTS / "quantize_shakespeare.json"))
+    ap.add_argument("--table-only", action="store_true", help="print the tables from the JSON; run nothing")
     args = ap.parse_args()
     torch.manual_seed(0)
     bench = Bench(Path(args.out), args.nsamples)
     if "dense" not in bench.runs:
         bench.record("dense", bench.evaluate(bench.dense))
     methods = list(args.methods)
-    for s in args.settings:
+    for s in [] if args.table_only else args.settings:
         bits, gs = SETTINGS[s]
         for seed in args.seeds:
             for m in args.methods:
@@ -174,14 +174,14 @@ def main() -> None:
                 bench.run(f"{s}/{m}/{seed}" if m != "rtn" else f"{s}/rtn/0", bits, gs, seed, **METHODS[m])
             if args.llmc_python and seed == args.seeds[0]:  # the peer on the first seed only (CPU time)
                 bench.run_llmc(f"{s}/llm-compressor gptq/{seed}", args.llmc_python, bits, gs, seed)
-    if args.llmc_python:
+    if args.llmc_python or args.table_only:
         methods.append("llm-compressor gptq")
     text = table(bench, args.settings, args.seeds, methods)
     if args.ablation:
-        for name, kw in ABLATION.items():
+        for name, kw in ({} if args.table_only else ABLATION).items():
             bench.run(f"ablation/{name}", 2, 64, 0, method="apiq", **{**APIQ, **kw})
         base = {"apiq (λ=0)": bench.runs["W2g64/apiq/0"], "apiq+sal (λ=10, mixedt10)": bench.runs["W2g64/apiq+sal/0"]}
-        rows = {**base, **{k: bench.runs[f"ablation/{k}"] for k in ABLATION}}
+        rows = {**base, **{k: bench.runs[f"ablation/{k}"] for k in ABLATION if f"ablation/{k}" in bench.runs}}
         text += ("\n\nAblation, W2g64, calibration seed 0:\n\n| variant | ppl test | ppl WikiText-2 | KL |\n"
                  "|---|---|---|---|\n" + "\n".join(f"| {k} | {r['ppl_test']:.3f} | {r['ppl_wikitext2']:.3f} | "
                                                     f"{r['kl_test']:.4f} |" for k, r in rows.items()))
