@@ -267,3 +267,49 @@ def test_run_killed_between_stages_resumes_without_redoing_the_finished_stage(tm
     (a, _), (b, _) = load_model(tmp_path / "out"), load_model(tmp_path / "fresh")  # mixed schemes
     for (n, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items()):
         assert torch.equal(x, y), n
+
+
+def test_chain_scores_once_and_every_stage_reuses_the_map(tmp_path, model_dir, corpus, monkeypatch):
+    """prune (saliency start, Fisher) → ApiQ + saliency: one scorer call; the quantization stage's F
+    is the dense map restricted to the pruned model, and the folder equals doing that by hand."""
+    from surgery.data.windows import calib_windows, eval_windows, tokenize
+    from surgery.evaluate import perplexity
+    from surgery.models import load_model
+    from surgery.prune import prune
+    from surgery.quantize import quantize
+    from surgery.recipe import maps as maps_module
+    from surgery.saliency import score
+
+    body = CHAIN.format(corpus=corpus).replace("      top_k: 16\n", "      top_k: 16\n      saliency_kind: fisher\n")
+    body = body.replace("GPTQModifier:\n      num_bits: 4\n      group_size: 8\n      group_rule: channel\n",
+                        "ApiQModifier:\n      num_bits: 2\n      group_size: 8\n      group_rule: channel\n"
+                        "      epochs: 1\n      lora_rank: 2\n      saliency_lambda: 10.0\n")
+    recipe = write(tmp_path, body)
+    calls = []
+
+    def counting(*a, **k):
+        calls.append(k.get("kind"))
+        return score(*a, **k)
+
+    monkeypatch.setattr(maps_module, "score", counting)
+    metrics = run_recipe(str(recipe), str(tmp_path / "out"), model=str(model_dir))
+    assert calls == ["fisher"]
+    assert [e["computed"] for e in metrics["saliency_maps"]] == [True, False]
+
+    model, tok = load_model(model_dir)
+    ids = tokenize(tok, corpus.read_text())
+    windows = calib_windows(ids, 8, 16, 0)
+    smap = score(model, list(windows.split(1)), loss="causal_lm", kind="fisher", include=r"\.layers\.",
+                 progress=False)
+    result = prune(model.eval(), parse(recipe).stages[0].config, windows, calib_windows(ids, 8, 16, 1),
+                   progress=False, saliency=smap)
+    small = result.slice()
+    fisher = result.slice_map(smap)
+    fisher.check_model(small)  # names and shapes of the sliced model
+    quantize(small, parse(recipe).stages[1].config, calib=windows, fisher=fisher, progress=False)
+    back, _ = load_model(tmp_path / "out")
+    from peft import PeftModel
+
+    back = PeftModel.from_pretrained(back, str(tmp_path / "out" / "adapter")).eval()
+    w = eval_windows(ids, 16)
+    assert perplexity(back, w) == pytest.approx(perplexity(small, w), rel=1e-5)

@@ -7,6 +7,7 @@ from torch import nn
 from surgery.models.adapters import DecoderAdapter
 from surgery.models.sliced import model_for, sliced_config
 from surgery.prune.supernet import Supernet
+from surgery.saliency import SaliencyMap
 
 
 def apply_masked(adapter: DecoderAdapter, net: Supernet, removed: dict[str, int]) -> None:
@@ -24,13 +25,10 @@ def _rows(t: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     return t.index_select(0, idx.to(t.device))
 
 
-@torch.no_grad()
-def slice_model(adapter: DecoderAdapter, net: Supernet, removed: dict[str, int]) -> nn.Module:
-    """A new, physically smaller model: kept KV groups (with their query heads) and neurons only,
-    o_proj / down_proj columns from the chosen candidates."""
-    model = adapter.model
+def _plans(adapter: DecoderAdapter, net: Supernet, removed: dict[str, int]
+           ) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """Per layer: kept q rows (= o_proj columns), kept k/v rows, kept neurons."""
     d = adapter.head_dim
-    heads, kv_heads, ffn = [], [], []
     plans = []
     for i in range(adapter.num_layers):
         shape = adapter.block_shape(i)
@@ -40,10 +38,53 @@ def slice_model(adapter: DecoderAdapter, net: Supernet, removed: dict[str, int])
         q_heads = (groups.view(-1, 1) * g + torch.arange(g)).reshape(-1)
         q_rows = (q_heads.view(-1, 1) * d + torch.arange(d)).reshape(-1)
         kv_rows = (groups.view(-1, 1) * d + torch.arange(d)).reshape(-1)
-        heads.append(q_heads.numel())
-        kv_heads.append(groups.numel())
-        ffn.append(neurons.numel())
         plans.append((q_rows, kv_rows, neurons))
+    return plans
+
+
+def _cut(name: str, v: torch.Tensor, q_rows: torch.Tensor, kv_rows: torch.Tensor,
+         neurons: torch.Tensor) -> torch.Tensor:
+    """The kept part of one block tensor (`name` relative to the block)."""
+    if name.startswith("self_attn.q_proj."):
+        return _rows(v, q_rows)
+    if name.startswith(("self_attn.k_proj.", "self_attn.v_proj.")):
+        return _rows(v, kv_rows)
+    if name == "self_attn.o_proj.weight":
+        return v[:, q_rows.to(v.device)]
+    if name.startswith(("mlp.gate_proj.", "mlp.up_proj.")):
+        return _rows(v, neurons)
+    if name == "mlp.down_proj.weight":
+        return v[:, neurons.to(v.device)]
+    return v
+
+
+def slice_map(adapter: DecoderAdapter, net: Supernet, removed: dict[str, int], smap: SaliencyMap) -> SaliencyMap:
+    """The map restricted to the weights that the sliced model keeps (same names and shapes as
+    `slice_model`'s parameters), so a map scored once on the dense model serves later stages."""
+    plans = _plans(adapter, net, removed)
+    out = {}
+    for name, t in smap.items():
+        if name.startswith(f"{adapter.prefix}."):
+            rest = name[len(adapter.prefix) + 1:]
+            i, local = rest.split(".", 1)
+            q_rows, kv_rows, neurons = plans[int(i)]
+            if local.startswith("mlp.") and neurons.numel() == 0:
+                continue
+            t = _cut(local, t, q_rows, kv_rows, neurons)
+        out[name] = t.contiguous()
+    return SaliencyMap(out, smap.kind, smap.loss, f"{smap.data} (restricted to the pruned model)",
+                       smap.samples, smap.batches)
+
+
+@torch.no_grad()
+def slice_model(adapter: DecoderAdapter, net: Supernet, removed: dict[str, int]) -> nn.Module:
+    """A new, physically smaller model: kept KV groups (with their query heads) and neurons only,
+    o_proj / down_proj columns from the chosen candidates."""
+    model = adapter.model
+    plans = _plans(adapter, net, removed)
+    heads = [q.numel() // adapter.head_dim for q, _, _ in plans]
+    kv_heads = [kv.numel() // adapter.head_dim for _, kv, _ in plans]
+    ffn = [n.numel() for _, _, n in plans]
     cfg = sliced_config(model.config, heads, kv_heads, ffn)
     first = next(model.parameters())
     new = model_for(cfg).to(device=first.device, dtype=first.dtype)
@@ -54,16 +95,11 @@ def slice_model(adapter: DecoderAdapter, net: Supernet, removed: dict[str, int])
         o_full = net.weight(f"{i}.attn", removed[f"{i}.attn"]).to(old["self_attn.o_proj.weight"].dtype)
         down_full = net.weight(f"{i}.mlp", removed[f"{i}.mlp"]).to(old["mlp.down_proj.weight"].dtype)
         for k, v in old.items():
-            if k.startswith("self_attn.q_proj."):
-                v = _rows(v, q_rows)
-            elif k.startswith(("self_attn.k_proj.", "self_attn.v_proj.")):
-                v = _rows(v, kv_rows)
-            elif k == "self_attn.o_proj.weight":
-                v = o_full.to(v.device)[:, q_rows.to(v.device)]
-            elif k.startswith(("mlp.gate_proj.", "mlp.up_proj.")):
-                v = _rows(v, neurons)
+            if k == "self_attn.o_proj.weight":
+                v = o_full.to(v.device)
             elif k == "mlp.down_proj.weight":
-                v = down_full.to(v.device)[:, neurons.to(v.device)]
+                v = down_full.to(v.device)
+            v = _cut(k, v, q_rows, kv_rows, neurons)
             if k.startswith("mlp.") and neurons.numel() == 0:
                 continue
             sd[p + k] = v.contiguous()

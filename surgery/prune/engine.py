@@ -22,12 +22,12 @@ from surgery import dist
 from surgery.errors import SurgeryError, require
 from surgery.models.adapters import DecoderAdapter
 from surgery.models.blockwise import capture_block_inputs
-from surgery.prune.apply import apply_masked, slice_model
+from surgery.prune.apply import apply_masked, slice_map, slice_model
 from surgery.prune.config import PruneConfig
 from surgery.prune.search import Dist, TopKFitness, evolve
 from surgery.prune.supernet import Supernet, build_supernet, level_set
 from surgery.prune.units import Layout, check_budget, layout, target_removals, trade_ratio
-from surgery.saliency import score
+from surgery.saliency import SaliencyMap, score
 
 MIN_UNITS = {"attn": 1, "mlp": 0}  # a layer keeps at least one KV group (a runnable attention)
 
@@ -61,6 +61,10 @@ class PruneResult:
     def slice(self) -> nn.Module:
         return slice_model(self.adapter, self.supernet, self.distribution)
 
+    def slice_map(self, smap: SaliencyMap) -> SaliencyMap:
+        """A map of the dense model restricted to what `slice()` keeps (names and shapes match)."""
+        return slice_map(self.adapter, self.supernet, self.distribution, smap)
+
     def summary(self) -> dict[str, Any]:
         return {"sparsity": self.config.sparsity, "achieved_sparsity": self.achieved_sparsity,
                 "removed_params": self.removed_params, "denominator": self.layout.denominator,
@@ -86,10 +90,12 @@ def _greedy(costs: dict[str, torch.Tensor], quota: int, limits: dict[str, int]) 
 
 
 def unit_scores(model: nn.Module, adapter: DecoderAdapter, batches: list[torch.Tensor], kind: str,
-                progress: bool) -> dict[str, torch.Tensor]:
-    """Structural saliency of every unit (KV groups, neurons) from the shared scorer."""
-    smap = score(model, batches, loss="causal_lm", kind=kind, include=r"\.layers\.", progress=progress,
-                 description="pruning calibration windows")
+                progress: bool, smap: SaliencyMap | None = None) -> dict[str, torch.Tensor]:
+    """Structural saliency of every unit (KV groups, neurons) from the shared scorer (or `smap`)."""
+    if smap is None:
+        smap = score(model, batches, loss="causal_lm", kind=kind, include=r"\.layers\.", progress=progress,
+                     description="pruning calibration windows")
+    smap.check_model(model)
     units = smap.structural(adapter.structural_layout())
     out = {}
     for i in range(adapter.num_layers):
@@ -146,13 +152,16 @@ def blend(lay: Layout, uniform: dict[str, int], salient: dict[str, int], strengt
 
 def prune(model: nn.Module, config: PruneConfig, calib: torch.Tensor | None,
           search_calib: torch.Tensor | None = None, progress: bool = True,
-          on_iteration: Callable[[int, PruneResult], None] | None = None) -> PruneResult:
+          on_iteration: Callable[[int, PruneResult], None] | None = None,
+          saliency: SaliencyMap | None = None) -> PruneResult:
     """Prune `model` (in place, masked) and return the result; `result.slice()` is the small model.
 
     Args:
         calib: calibration windows `[n, T]` for the local solver (and the saliency start).
         search_calib: windows for the search fitness (default: `calib`).
         on_iteration: called after each iteration with the model masked by that iteration's best.
+        saliency: a map of this model to use for the saliency start and pre-screening instead of
+            scoring `calib` with `saliency_kind` (e.g. one map shared by a recipe's stages).
     """
     t0 = time.time()
     cfg = config
@@ -176,7 +185,7 @@ def prune(model: nn.Module, config: PruneConfig, calib: torch.Tensor | None,
     fitness = TopKFitness(model, search_windows, cfg.top_k, cfg.batch_size)
     scores = None
     if cfg.start == "saliency" or cfg.prescreen < 1.0 or cfg.trade_budget:
-        scores = unit_scores(model, adapter, batches, cfg.saliency_kind, progress)
+        scores = unit_scores(model, adapter, batches, cfg.saliency_kind, progress, saliency)
     centres = dict(target)
     if cfg.start == "saliency" or cfg.trade_budget:
         centres = blend(lay, target, saliency_start(lay, scores, target, cfg.trade_budget),

@@ -26,6 +26,7 @@ from surgery.evaluate.cost import size_on_disk
 from surgery.io import atomic_dir
 from surgery.models.io import load_model, save_model
 from surgery.recipe.card import dump_recipe, model_card, versions
+from surgery.recipe.maps import SharedMaps
 from surgery.recipe.schema import Recipe, parse
 
 
@@ -105,6 +106,9 @@ def run_recipe(recipe_path: str, output: str, model: str | None = None, override
     unlearned = None
     extra_writers: list = []
     calib = None
+    shared = SharedMaps()
+    calib_desc = (f"{recipe.calibration.data} ({recipe.calibration.nsamples} windows of "
+                  f"{recipe.calibration.seqlen}, seed {recipe.calibration.seed})")
     t0 = time.time()
     for stage in recipe.stages:
         st = time.time()
@@ -115,6 +119,7 @@ def run_recipe(recipe_path: str, output: str, model: str | None = None, override
                                                   progress)
             extra_writers.extend(writers)
             metrics["stages"].append(unlearned)
+            shared.drop()
         elif stage.kind == "prune":
             from surgery.prune import prune
 
@@ -123,8 +128,13 @@ def run_recipe(recipe_path: str, output: str, model: str | None = None, override
             cfg = dataclasses.replace(stage.config, resume_dir=str(partial / stage.name))
             windows = calib_windows(ids, cfg.nsamples, cfg.seqlen, cfg.seed)
             search = calib_windows(ids, cfg.search_samples, cfg.seqlen, cfg.seed + 1)
-            result = prune(net, cfg, windows, search, progress=progress)
+            smap = None
+            if cfg.start == "saliency" or cfg.prescreen < 1.0 or cfg.trade_budget:
+                data = (f"{recipe.calibration.data} ({cfg.nsamples} windows of {cfg.seqlen}, seed {cfg.seed})")
+                smap = shared.get(net, cfg.saliency_kind, windows, data, stage.name, progress)
+            result = prune(net, cfg, windows, search, progress=progress, saliency=smap)
             net = result.slice()
+            shared.after_prune(result)
             pruned = result
             metrics["stages"].append({"stage": stage.name, "modifier": stage.modifier, **result.summary()})
         elif stage.kind == "quant":
@@ -136,7 +146,12 @@ def run_recipe(recipe_path: str, output: str, model: str | None = None, override
                 calib = calib_windows(ids, recipe.calibration.nsamples, recipe.calibration.seqlen,
                                       recipe.calibration.seed)
             cfg = dataclasses.replace(stage.config, resume_dir=str(partial / stage.name))
-            quant = quantize(net, cfg, calib=calib, progress=progress)
+            fisher = None
+            if cfg.method == "apiq" and cfg.saliency_lambda > 0 and cfg.fisher_batch_size == 1 \
+                    and cfg.fisher_samples in (None, calib.shape[0]):
+                fisher = shared.get(net, "fisher", calib, calib_desc, stage.name, progress)
+            quant = quantize(net, cfg, calib=calib, fisher=fisher, progress=progress)
+            shared.drop()
             metrics["stages"].append({"stage": stage.name, "modifier": stage.modifier,
                                       **quant.summary(), "lora_params": quant.lora_params(net)})
         elif stage.kind == "eval":
@@ -149,6 +164,7 @@ def run_recipe(recipe_path: str, output: str, model: str | None = None, override
             metrics["table"] = compare.to_markdown(reports)
             metrics["stages"].append({"stage": stage.name, "seconds": round(time.time() - st, 2)})
     metrics["seconds"] = round(time.time() - t0, 2)
+    metrics["saliency_maps"] = shared.log
     if dist.is_main():  # data-parallel: every rank computed the same model; one writes it
         _write(out, overwrite, net, quant, pruned, unlearned, tok, dense, metrics, extra_writers, recipe, base_path)
         shutil.rmtree(partial, ignore_errors=True)
