@@ -47,12 +47,23 @@ def main() -> None:
     ap.add_argument("--retrain-dir", help="Retrain models trained elsewhere (--retrain-only), loaded here")
     ap.add_argument("--retrain-only", action="store_true", help="only train the Retrain models (into --retrain-dir)")
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--merge", nargs="*", default=[], help="other result JSONs to merge into --out first")
+    ap.add_argument("--table-only", action="store_true", help="print the tables from the JSON; run nothing")
     args = ap.parse_args()
     if args.retrain_only:
         retrain_only(args)
         return
     out = Path(args.out)
     runs = json.loads(out.read_text())["runs"] if out.exists() else {}
+    for other in args.merge:  # runs made in parallel processes (each wrote its own file)
+        runs.update(json.loads(Path(other).read_text())["runs"])
+    if args.table_only:
+        if args.merge:
+            out.write_text(json.dumps({**stamp(), "runs": runs}, indent=2))
+        text = table(runs, args.modes, args.seeds)
+        out.with_suffix(".md").write_text(text + "\n")
+        print(text)
+        return
     train, test_all = cifar10("train"), cifar10("test")
     spec = get_spec("cifar10-resnet")
 
