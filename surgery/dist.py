@@ -98,6 +98,11 @@ def merge_means_(means: list[torch.Tensor], n: int) -> int:
     return int(count)
 
 
+def per_rank_name(stem: str, suffix: str = ".safetensors") -> str:
+    """`stem.safetensors` in one process, `stem.rank<r>.safetensors` under data parallelism (a file per rank)."""
+    return f"{stem}{suffix}" if not is_distributed() else f"{stem}.rank{rank()}{suffix}"
+
+
 def barrier() -> None:
     if is_distributed():
         tdist.barrier()

@@ -91,17 +91,13 @@ def _save_block(folder: Path, index: int, cands: dict[str, dict[int, Snapshot]],
             tensors[f"{key}.{r}.weight"] = sn.weight[:, keep_cols].to(torch.float32).contiguous()
             tensors[f"{key}.{r}.shape"] = torch.tensor(list(sn.weight.shape) + [unit], dtype=torch.int64)
     save_tensors({**{f"acc.{j}": h for j, h in enumerate(acc)}, **{f"dense.{j}": h for j, h in enumerate(dense)}},
-                 folder / _inputs_name())  # every rank its own calibration rows
+                 folder / dist.per_rank_name("inputs"))  # every rank its own calibration rows
     dist.barrier()
     if dist.is_main():
         save_tensors(tensors, folder / f"block_{index}.safetensors")
         with atomic_path(folder / "state.json") as tmp:  # written last: the commit point
             tmp.write_text(json.dumps({"fingerprint": fingerprint, "done": index, "world": dist.world_size()}))
     dist.barrier()
-
-
-def _inputs_name() -> str:
-    return "inputs.safetensors" if not dist.is_distributed() else f"inputs.rank{dist.rank()}.safetensors"
 
 
 def _load_block(folder: Path, index: int) -> dict[str, dict[int, Snapshot]]:
@@ -141,7 +137,7 @@ def build_supernet(adapter: DecoderAdapter, lay: Layout, levels: dict[str, list[
                     f"{folder} was written by {data.get('world', 1)} processes; resume it with as many")
             for i in range(data["done"] + 1):
                 net.candidates.update(_load_block(folder, i))
-            saved, _ = load_tensors(folder / _inputs_name())
+            saved, _ = load_tensors(folder / dist.per_rank_name("inputs"))
             acc_in = [saved[f"acc.{j}"] for j in range(len(inputs))]
             dense_in = [saved[f"dense.{j}"] for j in range(len(inputs))]
             start = data["done"] + 1

@@ -15,11 +15,6 @@ from surgery.models.blockwise import BlockInputs
 from surgery.quantize.lora import LoRALinear
 
 
-def _inputs_name() -> str:
-    """One inputs file per rank under data parallelism (each holds its own calibration rows)."""
-    return "inputs.safetensors" if not dist.is_distributed() else f"inputs.rank{dist.rank()}.safetensors"
-
-
 class BlockCheckpoint:
     """`state.json` (config fingerprint, last finished block), `block_<i>.safetensors` (the block's
     weights, LoRA and grids), `inputs.safetensors` (the next block's inputs)."""
@@ -55,7 +50,7 @@ class BlockCheckpoint:
         inputs = {f"q.{j}": h for j, h in enumerate(q_in.hidden)}
         if fp_in is not None:
             inputs.update({f"fp.{j}": h for j, h in enumerate(fp_in.hidden)})
-        save_tensors(inputs, self.dir / _inputs_name())  # every rank its own rows
+        save_tensors(inputs, self.dir / dist.per_rank_name("inputs"))  # every rank its own rows
         dist.barrier()
         if dist.is_main():
             save_tensors(tensors, self.dir / f"block_{index}.safetensors", meta)
@@ -86,7 +81,7 @@ class BlockCheckpoint:
                     bits, gs = tensors[f"meta.{name}"].tolist()
                     result.layers[name] = LayerQuant(int(bits), int(gs), tensors[key], tensors[f"zero.{name}"])
             result.history[i] = json.loads(meta.get("history", "{}"))
-        inputs, _ = load_tensors(self.dir / _inputs_name())
+        inputs, _ = load_tensors(self.dir / dist.per_rank_name("inputs"))
         n = len(q_in)
         q = q_in.with_hidden([inputs[f"q.{j}"] for j in range(n)])
         fp = q_in.with_hidden([inputs[f"fp.{j}"] for j in range(n)]) if "fp.0" in inputs else q
