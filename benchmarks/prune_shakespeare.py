@@ -110,6 +110,36 @@ class Bench:
         self.record(key, row)
 
 
+    def torch_pruning(self, key: str, folder: str, sparsity: float, setting: str, limit_s: int = 600) -> None:
+        """The peer, stopped after `limit_s` (torch-pruning 1.6.1 never finishes on this model)."""
+        if key in self.runs:
+            return
+        import signal
+        import importlib.metadata as md
+
+        sys.path.insert(0, folder)
+        import torch_pruning as tp
+        from peers.torch_pruning_llm import torch_pruning
+
+        version = next(d.version for d in md.distributions(path=[folder]) if d.metadata["Name"] == "torch-pruning")
+
+        def stop(*_):
+            raise TimeoutError
+
+        signal.signal(signal.SIGALRM, stop)
+        signal.alarm(limit_s)
+        t = time.time()
+        try:
+            model, notes = torch_pruning(self.fresh, tp, sparsity, self.calib[:1], setting)
+        except TimeoutError:
+            self.record(key, {"failed": f"torch-pruning {version} did not finish in {limit_s} s", "version": version})
+            return
+        finally:
+            signal.alarm(0)
+        seconds = time.time() - t
+        self.record(key, {**self.evaluate(model), "seconds": seconds, "version": version, **notes})
+
+
 def _removed(model: torch.nn.Module, counts: dict) -> int:
     from surgery.prune.units import layout
 
@@ -121,6 +151,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(allow_abbrev=False)
     ap.add_argument("--sparsities", type=float, nargs="+", default=[0.25, 0.5])
     ap.add_argument("--out", default=str(RESULTS / "prune_shakespeare.json"))
+    ap.add_argument("--torch-pruning", metavar="DIR",
+                    help="folder holding torch-pruning (pip install --no-deps --target DIR torch-pruning==1.5.2)")
     ap.add_argument("--table-only", action="store_true", help="print the tables from the JSON; run nothing")
     args = ap.parse_args()
     torch.manual_seed(0)
@@ -142,6 +174,9 @@ def main() -> None:
                 b.ours("ablation/search-from-uniform", 0.5, start="uniform", iterations=ABLATION_ITERATIONS)
                 b.ours("ablation/search-saliency-prescreen", 0.5, prescreen=0.5,
                        iterations=ABLATION_ITERATIONS)
+            if args.torch_pruning:
+                for setting in ("units", "official"):
+                    b.torch_pruning(f"{s}/torch-pruning {setting}", args.torch_pruning, s, setting)
     text = report(b, args.sparsities)
     Path(args.out).with_suffix(".md").write_text(text + "\n")
     print(text)
@@ -153,9 +188,11 @@ def report(b: Bench, sparsities: list[float]) -> str:
              "|---|---|---|---|---|---|---|",
              f"| 0 | dense | {d['ppl_test']:.2f} | {d['ppl_wikitext2']:.1f} | 0 | {d['block_params']:,} | – |"]
     for s in sorted(sparsities):
-        for m in ("uniform+solver", "wanda-sp", "flap", "search"):
+        for m in ("uniform+solver", "wanda-sp", "flap", "torch-pruning units", "torch-pruning official", "search"):
             r = b.runs.get(f"{s}/{m}")
-            if r:
+            if r and "failed" in r:
+                lines.append(f"| {s} | {m} | {r['failed']} | | | | |")
+            elif r:
                 lines.append(f"| {s} | {m} | {r['ppl_test']:.2f} | {r['ppl_wikitext2']:.1f} | {r['kl_test']:.4f} | "
                              f"{r['block_params']:,} | {r.get('seconds', 0):.0f} |")
         u, srch = b.runs.get(f"{s}/uniform+solver"), b.runs.get(f"{s}/search")
