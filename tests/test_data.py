@@ -81,6 +81,18 @@ def test_shakespeare_split_by_whole_plays():
 
 
 @requires_data()
+def test_recipe_text_sources_select_the_right_works():
+    from surgery.cli.common import read_text
+
+    s = text.shakespeare()
+    assert read_text("shakespeare:test", "test", None) == text.join(s["test"])
+    without = read_text("shakespeare:train-without:romeo_and_juliet", "train", None)
+    assert without == text.join({k: v for k, v in s["train"].items() if k != "romeo_and_juliet"})
+    play = read_text("shakespeare-work:romeo_and_juliet", "train", None)
+    assert play == s["train"]["romeo_and_juliet"] and play not in without
+
+
+@requires_data()
 def test_cifar10_and_mnist_decode():
     c = images.cifar10("test")
     assert c.x.shape == (10000, 3, 32, 32) and c.x.dtype == torch.uint8

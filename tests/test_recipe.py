@@ -313,3 +313,30 @@ def test_chain_scores_once_and_every_stage_reuses_the_map(tmp_path, model_dir, c
     back = PeftModel.from_pretrained(back, str(tmp_path / "out" / "adapter")).eval()
     w = eval_windows(ids, 16)
     assert perplexity(back, w) == pytest.approx(perplexity(small, w), rel=1e-5)
+
+
+LM_UNLEARN = """\
+unlearn_stage:
+  data:
+    forget: {forget}
+    retain: {retain}
+    seqlen: 16
+    max_windows: 3
+    retain_per_forget: {per}
+  unlearn_modifiers:
+    UnlearnModifier: {{method: graddiff, use_mask: true, density: 0.5, epochs: 1, lr: 1.0e-4, batch_size: 2}}
+"""
+
+
+def test_lm_unlearn_recipe_draws_retain_per_forget_and_rejects_bad_values(tmp_path, model_dir, corpus):
+    forget = tmp_path / "forget.txt"
+    forget.write_text(text.join(text.embedded()["train"])[:4000])
+    recipe = write(tmp_path, LM_UNLEARN.format(forget=forget, retain=corpus, per=3))
+    stage = run_recipe(str(recipe), str(tmp_path / "out"), model=str(model_dir))["stages"][0]
+    assert stage["windows"] == {"forget": 3, "retain": 9}
+    assert stage["after"]["ppl_forget"] > stage["before"]["ppl_forget"]  # gradient ascent on the forget text
+    assert "unlearned (graddiff, SalUn mask)" in (tmp_path / "out" / "README.md").read_text()
+    bad = write(tmp_path, LM_UNLEARN.format(forget=forget, retain=corpus, per=0), name="bad.yaml")
+    with pytest.raises(SurgeryError, match="retain_per_forget must be ≥ 1"):
+        run_recipe(str(bad), str(tmp_path / "bad_out"), model=str(model_dir))
+    assert not (tmp_path / "bad_out").exists()

@@ -64,7 +64,12 @@ def read_text(source: str, split: str, data_dir: str | None) -> str:
         splits = textdata.embedded()
         require(part in splits, f"embedded corpus has splits {sorted(splits)}, not {part!r}")
         return textdata.join(splits[part])
-    if source.startswith("shakespeare:"):
+    if source.startswith("shakespeare:train-without:"):
+        name = source.split(":", 2)[2]
+        train = textdata.shakespeare(data_dir)["train"]
+        require(name in train, f"{name!r} is not a training work")
+        return textdata.join({k: v for k, v in train.items() if k != name})
+    if source.startswith("shakespeare:"):  # after the more specific "shakespeare:train-without:"
         part = source.split(":", 1)[1]
         splits = textdata.shakespeare(data_dir)
         require(part in splits, f"shakespeare has splits {sorted(splits)}, not {part!r}")
@@ -74,11 +79,6 @@ def read_text(source: str, split: str, data_dir: str | None) -> str:
         works = textdata.read_documents(textdata.data_dir(data_dir) / "text" / "shakespeare")
         require(name in works, f"no Shakespeare work {name!r}; works: {', '.join(sorted(works))}")
         return works[name]
-    if source.startswith("shakespeare:train-without:"):
-        name = source.split(":", 2)[2]
-        train = textdata.shakespeare(data_dir)["train"]
-        require(name in train, f"{name!r} is not a training work")
-        return textdata.join({k: v for k, v in train.items() if k != name})
     if source == "wikitext2":
         return textdata.wikitext2_test(data_dir)
     return textdata.load_text(source, split)

@@ -70,8 +70,10 @@ def _data_line(recipe: Recipe, unlearned: dict[str, Any] | None, calibrated: Any
     return "; ".join(parts) or "none"
 
 
-def _label(pruned: Any, quant: Any) -> str:
+def _label(pruned: Any, quant: Any, unlearned: dict[str, Any] | None = None) -> str:
     parts = []
+    if unlearned:
+        parts.append(f"unlearned ({unlearned['method']}{', SalUn mask' if unlearned.get('masked') else ''})")
     if pruned is not None:
         parts.append(f"pruned {100 * pruned.achieved_sparsity:.1f}%")
     if quant is not None:
@@ -159,7 +161,7 @@ def run_recipe(recipe_path: str, output: str, model: str | None = None, override
             require(tok is not None, "the model has no tokenizer; cannot read evaluation text")
             sets = {d: eval_windows(tokenize(tok, _text(d, data_dir)), ev.seqlen, ev.max_windows) for d in ev.data}
             reports = [compare.evaluate_lm(dense, sets, "dense", speed=ev.speed),
-                       compare.evaluate_lm(net, sets, _label(pruned, quant), dense=dense, speed=ev.speed)]
+                       compare.evaluate_lm(net, sets, _label(pruned, quant, unlearned), dense=dense, speed=ev.speed)]
             metrics["comparison"] = compare.to_json(reports)
             metrics["table"] = compare.to_markdown(reports)
             metrics["stages"].append({"stage": stage.name, "seconds": round(time.time() - st, 2)})
@@ -198,7 +200,6 @@ def _write(out: Path, overwrite: bool, net, quant, pruned, unlearned, tok, dense
             (["quantized"] if quant else [])
         (tmp / "README.md").write_text(model_card(
             base_path, "quantized" if quant else "finetune", tags,
-            " + ".join(x for x in ((f"unlearned ({unlearned['method']})" if unlearned else ""),
-                                   _label(pruned, quant)) if x and x != "unchanged") or "unchanged",
+            _label(pruned, quant, unlearned),
             _data_line(recipe, unlearned, pruned or quant),
             metrics.get("table") or _unlearn_table(unlearned) or "(no eval_stage)", recipe_text))

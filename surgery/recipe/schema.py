@@ -34,7 +34,7 @@ QUANT_MODIFIERS = {"RTNModifier": "rtn", "GPTQModifier": "gptq", "ApiQModifier":
 PRUNE_MODIFIERS = {"TyrPruningModifier"}
 UNLEARN_MODIFIERS = {"SalUnModifier": "salun", "UnlearnModifier": None}
 UNLEARN_DATA_KEYS = {"images": str, "forget_class": int, "forget_fraction": float, "split_seed": int,
-                     "forget": str, "retain": str, "seqlen": int, "max_windows": int}
+                     "forget": str, "retain": str, "seqlen": int, "max_windows": int, "retain_per_forget": int}
 TOP_KEYS = {"model", "calibration", "unlearn_stage", "prune_stage", "quant_stage", "eval_stage"}
 CALIB_KEYS = {"data": str, "nsamples": int, "seqlen": int, "seed": int, "batch_size": int}
 EVAL_KEYS = {"data": list, "seqlen": int, "max_windows": int, "speed": bool}
@@ -217,6 +217,9 @@ def parse(path: str | os.PathLike, overrides: list[str] | None = None) -> Recipe
                 raise ctx.fail(node, "data", "unlearn_stage.data needs exactly one of forget_class, forget_fraction")
             if "images" not in udata and "forget" not in udata:
                 raise ctx.fail(node, "data", "unlearn_stage.data needs images (classifier) or forget (text)")
+            if udata.get("retain_per_forget", 1) < 1:
+                raise ctx.fail(dnode, "retain_per_forget", "unlearn_stage.data.retain_per_forget must be ≥ 1, "
+                               f"got {udata['retain_per_forget']}")
             name, opts = _one_modifier(ctx, data, key, node, "unlearn_modifiers", UNLEARN_MODIFIERS, ("data",))
             kw = _dataclass_options(ctx, opts, UnlearnConfig, name)
             if UNLEARN_MODIFIERS[name]:

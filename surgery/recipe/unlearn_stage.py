@@ -25,6 +25,7 @@ def run(net: nn.Module, tok: Any, stage: Stage, text: Callable[[str], str], data
     """Unlearn in place; return the stage's metrics and the writers of its files (mask, split)."""
     cfg, d = stage.config["config"], stage.config["data"]
     writers: list[Writer] = []
+    windows: dict[str, int] | None = None  # language models: how many forget / retain windows
     if "images" in d:
         train = load_images(d["images"], "train", data_dir)
         test = load_images(d["images"], "test", data_dir)
@@ -47,7 +48,9 @@ def run(net: nn.Module, tok: Any, stage: Stage, text: Callable[[str], str], data
         seqlen = d.get("seqlen", 256)
         forget = eval_windows(tokenize(tok, text(d["forget"])), seqlen, d.get("max_windows"))
         retain_ids = tokenize(tok, text(d["retain"]))
-        retain = calib_windows(retain_ids, forget.shape[0], seqlen, cfg.seed)
+        per_forget = d.get("retain_per_forget", 1)  # retain windows drawn per forget window
+        require(per_forget >= 1, f"unlearn_stage.data.retain_per_forget must be ≥ 1, got {per_forget}")
+        retain = calib_windows(retain_ids, per_forget * forget.shape[0], seqlen, cfg.seed)
         held = calib_windows(retain_ids, min(32, forget.shape[0]), seqlen, cfg.seed + 1)
 
         def measure() -> dict[str, float]:
@@ -56,9 +59,12 @@ def run(net: nn.Module, tok: Any, stage: Stage, text: Callable[[str], str], data
         before = measure()
         result = unlearn(net, cfg, forget, retain, progress=progress)
         after = measure()
+        windows = {"forget": forget.shape[0], "retain": retain.shape[0]}
     if result.mask is not None:
         writers.append(lambda folder: result.mask.save(folder / "mask.safetensors", packed=True))
     metrics = {"stage": stage.name, "modifier": stage.modifier, "method": cfg.method, "masked": cfg.masked,
                "before": before, "after": after, "rte_seconds": round(result.seconds, 2),
                "mask_seconds": round(result.mask_seconds, 2), "trainable": result.trainable}
+    if windows:
+        metrics["windows"] = windows
     return metrics, writers
