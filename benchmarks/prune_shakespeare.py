@@ -109,7 +109,6 @@ class Bench:
                             "ratio": {k: small_s[k] / dense_s[k] for k in dense_s}}
         self.record(key, row)
 
-
     def torch_pruning(self, key: str, folder: str, sparsity: float, setting: str, limit_s: int = 600) -> None:
         """The peer, stopped after `limit_s` (torch-pruning 1.6.1 never finishes on this model)."""
         if key in self.runs:
@@ -117,7 +116,8 @@ class Bench:
         import signal
         import importlib.metadata as md
 
-        sys.path.insert(0, folder)
+        if folder not in sys.path:
+            sys.path.insert(0, folder)
         import torch_pruning as tp
         from peers.torch_pruning_llm import torch_pruning
 

@@ -48,8 +48,7 @@ def run(net: nn.Module, tok: Any, stage: Stage, text: Callable[[str], str], data
         seqlen = d.get("seqlen", 256)
         forget = eval_windows(tokenize(tok, text(d["forget"])), seqlen, d.get("max_windows"))
         retain_ids = tokenize(tok, text(d["retain"]))
-        per_forget = d.get("retain_per_forget", 1)  # retain windows drawn per forget window
-        require(per_forget >= 1, f"unlearn_stage.data.retain_per_forget must be ≥ 1, got {per_forget}")
+        per_forget = d.get("retain_per_forget", 1)  # retain windows per forget window (≥ 1: checked at parse)
         retain = calib_windows(retain_ids, per_forget * forget.shape[0], seqlen, cfg.seed)
         held = calib_windows(retain_ids, min(32, forget.shape[0]), seqlen, cfg.seed + 1)
 
