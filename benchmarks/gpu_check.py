@@ -20,10 +20,9 @@ from pathlib import Path
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from surgery.evaluate import perplexity  # noqa: E402
-from surgery.saliency import score, topk_masks  # noqa: E402
-from surgery.saliency.losses import causal_lm_loss  # noqa: E402
+from surgery.evaluate import perplexity
+from surgery.saliency import score, topk_masks
+from surgery.saliency.losses import causal_lm_loss
 
 
 def tiny(seed: int = 0, **kw) -> LlamaForCausalLM:
@@ -110,7 +109,7 @@ def check_topk(dev: str, n: int) -> dict:
 
 
 def check_quant(dev: str) -> dict:
-    from surgery.quantize import QuantConfig, quantize
+    from surgery.quantize import ApiQConfig, GPTQConfig, quantize
 
     g = torch.Generator().manual_seed(1)
     calib = torch.randint(0, 256, (16, 32), generator=g)
@@ -120,20 +119,22 @@ def check_quant(dev: str) -> dict:
         res = {}
         for d in ("cpu", dev):
             m = tiny().to(d)
-            cfg = QuantConfig(method=method, num_bits=2, group_size=32, batch_size=4, epochs=2, lora_rank=4)
-            quantize(m, cfg, calib=calib, progress=False)
+            cfg = GPTQConfig(num_bits=2, group_size=32) if method == "gptq" else \
+                ApiQConfig(num_bits=2, group_size=32, epochs=2, lora_rank=4)
+            quantize(m, cfg, calib=calib, batch_size=4, progress=False)
             res[d] = perplexity(m, ev.to(d))
         out[method] = res
     return out
 
 
 def check_prune(dev: str) -> dict:
-    from surgery.prune import PruneConfig, prune
+    from surgery.prune import PruneConfig, SearchConfig, prune
 
     m = tiny().to(dev)
     calib = torch.randint(0, 256, (16, 32), generator=torch.Generator().manual_seed(2)).to(dev)
-    r = prune(m, PruneConfig(sparsity=0.5, nsamples=16, seqlen=32, batch_size=4, iterations=1, generations=2,
-                             offspring=4, survivors=[2, 1], stage_windows=[2, 4, 8], top_k=32), calib, progress=False)
+    search = SearchConfig(generations=2, offspring=4, survivors=[2, 1], stage_windows=[2, 4, 8], top_k=32)
+    r = prune(m, PruneConfig(sparsity=0.5, batch_size=4, iterations=1, search_samples=8, search=search), calib,
+              progress=False)
     small = r.slice().to(dev)
     ids = calib[:2]
     with torch.no_grad():

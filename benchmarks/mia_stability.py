@@ -21,14 +21,13 @@ import numpy as np
 import torch
 from sklearn.svm import SVC
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS, stamp  # noqa: E402
-from unlearn_cifar10 import COMMON, METHODS, splits  # noqa: E402
+from _common import RESULTS, stamp
+from unlearn_cifar10 import COMMON, METHODS, splits
 
-from surgery.data.images import cifar10  # noqa: E402
-from surgery.reference import load_reference  # noqa: E402
-from surgery.unlearn import UnlearnConfig, unlearn  # noqa: E402
-from surgery.unlearn.metrics import mia_efficacy_from_confidence, true_label_confidence  # noqa: E402
+from surgery.data.images import cifar10
+from surgery.reference import load_reference
+from surgery.unlearn import UnlearnConfig, unlearn
+from surgery.unlearn.metrics import mia_efficacy_from_confidence, true_label_confidence
 
 PROBES = (0.0, 0.001, 0.01, 0.1, 0.5, 0.9, 0.99)
 

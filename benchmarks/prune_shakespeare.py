@@ -19,21 +19,28 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS, stamp  # noqa: E402
+from _common import RESULTS, stamp
 
-from surgery.data import text as textdata  # noqa: E402
-from surgery.data.windows import calib_windows, eval_windows, tokenize  # noqa: E402
-from surgery.evaluate import kl_divergence, perplexity, throughput  # noqa: E402
-from surgery.models.adapters import DecoderAdapter  # noqa: E402
-from surgery.prune import PruneConfig, prune  # noqa: E402
-from surgery.prune.baselines import flap, wanda_sp  # noqa: E402
-from surgery.reference import load_reference  # noqa: E402
+from surgery.data import text as textdata
+from surgery.data.windows import calib_windows, eval_windows, tokenize
+from surgery.evaluate import kl_divergence, perplexity, throughput
+from surgery.models.adapters import DecoderAdapter
+from surgery.prune import PruneConfig, SearchConfig, prune
+from surgery.prune.baselines import flap, wanda_sp
+from surgery.reference import load_reference
 
 SEQLEN = 256
 KL_WINDOWS = 64
 ABLATION_ITERATIONS = 2
-SEARCH = dict(nsamples=64, search_samples=64, iterations=4, generations=12, offspring=16)
+SEARCH = dict(search_samples=64, iterations=4, generations=12, offspring=16)
+SEARCH_FIELDS = ("generations", "offspring", "survivors", "stage_windows", "top_k", "prescreen")
+
+
+def prune_config(sparsity: float, **kw) -> PruneConfig:
+    """The benchmark's setting with `kw` changed (search fields go to the SearchConfig)."""
+    kw = {**SEARCH, **kw}
+    search = SearchConfig(**{k: kw.pop(k) for k in SEARCH_FIELDS if k in kw})
+    return PruneConfig(sparsity=sparsity, search=search, **kw)
 
 
 class Bench:
@@ -90,7 +97,7 @@ class Bench:
                                   "fitness": result.iterations[-1]["fitness"],
                                   "seconds": result.iterations[-1]["seconds"]})
 
-        cfg = PruneConfig(sparsity=sparsity, **{**SEARCH, **kw})
+        cfg = prune_config(sparsity, **kw)
         t = time.time()
         result = prune(model, cfg, self.calib, self.search, progress=False, on_iteration=each)
         seconds = time.time() - t

@@ -18,13 +18,12 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS, stamp  # noqa: E402
+from _common import RESULTS, stamp
 
-from surgery.data import text as textdata  # noqa: E402
-from surgery.data.windows import calib_windows, tokenize  # noqa: E402
-from surgery.quantize import QuantConfig, quantize  # noqa: E402
-from surgery.reference import load_reference  # noqa: E402
+from surgery.data import text as textdata
+from surgery.data.windows import calib_windows, tokenize
+from surgery.quantize import ApiQConfig, GPTQConfig, RTNConfig, quantize
+from surgery.reference import load_reference
 
 
 def main() -> None:
@@ -39,17 +38,16 @@ def main() -> None:
     texts = textdata.shakespeare() if args.model == "shakespeare-lm" else textdata.embedded()
     seqlen = 256 if args.model == "shakespeare-lm" else 128
     calib = calib_windows(tokenize(tok, textdata.join(texts["train"])), args.nsamples, seqlen, 0)
-    apiq = dict(method="apiq", epochs=args.epochs, lr_lwc=1e-2, lr_lora=2e-3, lora_rank=8)
-    methods = {"rtn": dict(method="rtn"), "gptq": dict(method="gptq"),
-               "gptq+act_order": dict(method="gptq", act_order=True), "apiq": apiq,
-               "apiq+sal": dict(apiq, saliency_lambda=10.0)}
+    w2 = dict(num_bits=2, group_size=64)
+    apiq = dict(epochs=args.epochs, lr_lwc=1e-2, lr_lora=2e-3, lora_rank=8, **w2)
+    methods = {"rtn": RTNConfig(**w2), "gptq": GPTQConfig(**w2), "gptq+act_order": GPTQConfig(act_order=True, **w2),
+               "apiq": ApiQConfig(**apiq), "apiq+sal": ApiQConfig(saliency={"lam": 10.0}, **apiq)}
     times: dict[str, list[float]] = {m: [] for m in methods}
     for _ in range(args.rounds):
-        for name, kw in methods.items():
+        for name, cfg in methods.items():
             model, _, _ = load_reference(args.model, progress=False)
-            cfg = QuantConfig(num_bits=2, group_size=64, nsamples=args.nsamples, seqlen=seqlen, batch_size=8, **kw)
             t = time.perf_counter()
-            quantize(model, cfg, calib=None if name == "rtn" else calib, progress=False)
+            quantize(model, cfg, calib=None if name == "rtn" else calib, batch_size=8, progress=False)
             times[name].append(time.perf_counter() - t)
     med = {m: statistics.median(v) for m, v in times.items()}
     lines = [f"| method | median s ({args.rounds} interleaved rounds) | ratio to ApiQ |", "|---|---|---|"]

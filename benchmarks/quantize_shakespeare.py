@@ -22,14 +22,13 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS, PeakRSS, stamp  # noqa: E402
+from _common import RESULTS, PeakRSS, stamp
 
-from surgery.data import text as textdata  # noqa: E402
-from surgery.data.windows import calib_windows, eval_windows, tokenize  # noqa: E402
-from surgery.evaluate import kl_divergence, perplexity  # noqa: E402
-from surgery.quantize import QuantConfig, quantize  # noqa: E402
-from surgery.reference import load_reference  # noqa: E402
+from surgery.data import text as textdata
+from surgery.data.windows import calib_windows, eval_windows, tokenize
+from surgery.evaluate import kl_divergence, perplexity
+from surgery.quantize import CONFIGS, quantize
+from surgery.reference import load_reference
 
 SEQLEN = 256
 KL_WINDOWS = 64  # KL(dense ‖ quantized) on the first 64 test windows (16k tokens)
@@ -40,13 +39,13 @@ METHODS = {
     "gptq": dict(method="gptq"),
     "gptq+act_order": dict(method="gptq", act_order=True),
     "apiq": dict(method="apiq", **APIQ),
-    "apiq+sal": dict(method="apiq", saliency_lambda=10.0, **APIQ),
+    "apiq+sal": dict(method="apiq", saliency={"lam": 10.0}, **APIQ),
 }
 ONE_SEED = {"rtn", "gptq"}  # RTN needs no data; plain GPTQ is shown once beside GPTQ + act-order
 ABLATION = {  # W2g64, seed 0: λ and stage order
-    "λ=1": dict(saliency_lambda=1.0),
-    "λ=100": dict(saliency_lambda=100.0),
-    "wpt5→opt5": dict(saliency_lambda=10.0, stages=[["wpt", 5], ["opt", 5]]),
+    "λ=1": dict(saliency={"lam": 1.0}),
+    "λ=100": dict(saliency={"lam": 100.0}),
+    "wpt5→opt5": dict(saliency={"lam": 10.0}, stages=[["wpt", 5], ["opt", 5]]),
 }
 
 
@@ -84,10 +83,13 @@ class Bench:
         if key in self.runs:
             return
         model = self.fresh()
-        cfg = QuantConfig(num_bits=bits, group_size=gs, nsamples=self.nsamples, seqlen=SEQLEN,
-                          batch_size=8, seed=seed, **kw)
+        kw = dict(kw)
+        method = kw.pop("method")
+        if method == "apiq":
+            kw["seed"] = seed  # LoRA init and batch order follow the calibration seed
+        cfg = CONFIGS[method](num_bits=bits, group_size=gs, **kw)
         with PeakRSS() as mem:
-            result = quantize(model, cfg, calib=None if cfg.method == "rtn" else self.calib(seed),
+            result = quantize(model, cfg, calib=None if method == "rtn" else self.calib(seed), batch_size=8,
                               progress=False)
         self.record(key, {**self.evaluate(model), "seconds": result.seconds, "peak_mib": mem.extra_mib,
                           "lora_params": result.lora_params(model)})

@@ -8,11 +8,10 @@ import argparse
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import save  # noqa: E402
+from _common import save
 
-from surgery.models import load_model  # noqa: E402
-from surgery.reference import REFERENCES, build, info  # noqa: E402
+from surgery.models import load_model
+from surgery.reference import REFERENCES, build, info
 
 
 def main() -> None:

@@ -18,14 +18,13 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import PeakRSS, run_child, save  # noqa: E402
+from _common import PeakRSS, run_child, save
 
-from surgery.data import text as textdata  # noqa: E402
-from surgery.data.windows import calib_windows, tokenize  # noqa: E402
-from surgery.reference import load_reference  # noqa: E402
-from surgery.saliency import score  # noqa: E402
-from surgery.saliency.losses import causal_lm_loss  # noqa: E402
+from surgery.data import text as textdata
+from surgery.data.windows import calib_windows, tokenize
+from surgery.reference import load_reference
+from surgery.saliency import score
+from surgery.saliency.losses import causal_lm_loss
 
 MODES = ("plain", "grad", "abs_grad", "fisher", "taylor")
 

@@ -16,10 +16,9 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import PeakRSS, run_child, save  # noqa: E402
+from _common import PeakRSS, run_child, save
 
-from surgery.saliency.topk import topk_masks  # noqa: E402
+from surgery.saliency.topk import topk_masks
 
 
 def data(n: int) -> torch.Tensor:

@@ -19,14 +19,13 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS, stamp  # noqa: E402
+from _common import RESULTS, stamp
 
-from surgery.data.images import cifar10  # noqa: E402
-from surgery.reference import get_spec, load_reference  # noqa: E402
-from surgery.unlearn import UnlearnConfig, unlearn  # noqa: E402
-from surgery.unlearn.metrics import GAP_METRICS, avg_gap, classifier_metrics  # noqa: E402
-from surgery.unlearn.splits import class_split, random_split  # noqa: E402
+from surgery.data.images import cifar10
+from surgery.reference import get_spec, load_reference
+from surgery.unlearn import UnlearnConfig, unlearn
+from surgery.unlearn.metrics import GAP_METRICS, avg_gap, classifier_metrics
+from surgery.unlearn.splits import class_split, random_split
 
 FORGET_CLASS = 1  # automobile
 COMMON = dict(batch_size=128, augment=True, momentum=0.9, weight_decay=5e-4)

@@ -19,15 +19,14 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS, stamp  # noqa: E402
+from _common import RESULTS, stamp
 
-from surgery.data import text as textdata  # noqa: E402
-from surgery.data.windows import calib_windows, eval_windows, tokenize  # noqa: E402
-from surgery.evaluate import perplexity  # noqa: E402
-from surgery.reference import load_reference  # noqa: E402
-from surgery.unlearn import UnlearnConfig, unlearn  # noqa: E402
-from surgery.unlearn.metrics import min_k_auc  # noqa: E402
+from surgery.data import text as textdata
+from surgery.data.windows import calib_windows, eval_windows, tokenize
+from surgery.evaluate import perplexity
+from surgery.reference import load_reference
+from surgery.unlearn import UnlearnConfig, unlearn
+from surgery.unlearn.metrics import min_k_auc
 
 SEQLEN = 256
 UNSEEN = "julius_caesar"  # a validation play: never trained on by either model

@@ -165,28 +165,28 @@ print(f"{NAME}: {sum(p.numel() for p in model.parameters()):,} parameters, seqle
     ("code", """\
 adapter = DecoderAdapter(model)
 roles = ["q", "k", "v", "o", "gate", "up", "down"]
-weights = [f"{adapter.module_name(i, r)}.weight" for i in range(adapter.num_layers) for r in roles]
+names = [[f"{n}.weight" for n in adapter.block_linears(i)] for i in range(adapter.num_layers)]  # in role order
 fisher = score(model, calib.split(1), loss="causal_lm", kind="fisher",
-               include=["^" + w.replace(".", r"\\.") + "$" for w in weights], progress=False)
+               include=["^" + w.replace(".", r"\\.") + "$" for row in names for w in row], progress=False)
 per = fisher.per_tensor()
-mass = torch.tensor([[per[f"{adapter.module_name(i, r)}.weight"] for r in roles]
-                     for i in range(adapter.num_layers)])
+mass = torch.tensor([[per[w] for w in row] for row in names])
 fig, ax = plt.subplots(figsize=(6, 3))
 im = ax.imshow(mass / mass.sum(), cmap="viridis", norm=matplotlib.colors.LogNorm())
 ax.set_xticks(range(len(roles)), roles); ax.set_ylabel("block"); fig.colorbar(im, label="share of Σ F")
 ax.set_title("diagonal Fisher mass (saliency density) per layer"); plt.tight_layout(); plt.show()"""),
     ("code", """\
-from surgery.quantize import QuantConfig, quantize
+from surgery.quantize import ApiQConfig, GPTQConfig, RTNConfig, quantize
 
-APIQ = dict(epochs=2 if SMALL else 4, lr_lwc=1e-2, lr_lora=2e-3, lora_rank=8)
-methods = {"RTN": dict(method="rtn"), "GPTQ (act-order)": dict(method="gptq", act_order=True),
-           "ApiQ": dict(method="apiq", **APIQ), "ApiQ + saliency": dict(method="apiq", saliency_lambda=10.0, **APIQ)}
+W2 = dict(num_bits=2, group_size=64)
+APIQ = dict(epochs=2 if SMALL else 4, lr_lwc=1e-2, lr_lora=2e-3, lora_rank=8, **W2)
+methods = {"RTN": RTNConfig(**W2), "GPTQ (act-order)": GPTQConfig(act_order=True, **W2),
+           "ApiQ": ApiQConfig(**APIQ), "ApiQ + saliency": ApiQConfig(saliency={"lam": 10.0}, **APIQ)}
 reports = [compare.evaluate_lm(model, test, "dense", speed=False)]
 quantized = {}
-for name, kw in methods.items():
+for name, cfg in methods.items():
     q, _, _ = load_reference(NAME, progress=False)
-    cfg = QuantConfig(num_bits=2, group_size=64, nsamples=calib.shape[0], seqlen=SEQLEN, batch_size=8, **kw)
-    result = quantize(q, cfg, calib=calib, fisher=fisher if cfg.saliency_lambda else None, progress=False)
+    sal = isinstance(cfg, ApiQConfig) and cfg.saliency.enabled
+    result = quantize(q, cfg, calib=calib, fisher=fisher if sal else None, batch_size=8, progress=False)
     rep = compare.evaluate_lm(q, test, f"{name} W2g64", dense=model, speed=False)
     rep.metrics["calib_s"] = result.seconds
     reports.append(rep)
@@ -239,20 +239,21 @@ matrices, loadable with `AutoModelForCausalLM.from_pretrained` after `import sur
 Here: 50 % of the decoder-block linear weights, uniform sparsity vs the searched distribution."""),
     ("code", SETUP + LM_SETUP + """
 
-from surgery.prune import PruneConfig, prune
+from surgery.prune import PruneConfig, SearchConfig, prune
 
 dense = model
 search = calib_windows(train_ids, 16 if SMALL else 32, SEQLEN, seed=1)
-SEARCH = dict(iterations=1 if SMALL else 2, generations=3 if SMALL else 8, offspring=4 if SMALL else 12,
-              stage_windows=[2, 4, 16] if SMALL else [4, 8, 32], top_k=64)
-common = dict(sparsity=0.5, nsamples=calib.shape[0], seqlen=SEQLEN, search_samples=search.shape[0])"""),
+SEARCH = SearchConfig(generations=3 if SMALL else 8, offspring=4 if SMALL else 12,
+                      stage_windows=[2, 4, 16] if SMALL else [4, 8, 32], top_k=64)
+common = dict(sparsity=0.5, search_samples=search.shape[0])"""),
     ("code", """\
 uniform_model, _, _ = load_reference(NAME, progress=False)
-uniform = prune(uniform_model, PruneConfig(**common, start="uniform", iterations=0), calib, search,
+uniform = prune(uniform_model, PruneConfig(**common, start="uniform", iterations=0, search=SEARCH), calib, search,
                 progress=False)
 searched_model, _, _ = load_reference(NAME, progress=False)
 t0 = time.time()
-searched = prune(searched_model, PruneConfig(**common, **SEARCH), calib, search, progress=False)
+searched = prune(searched_model, PruneConfig(**common, iterations=1 if SMALL else 2, search=SEARCH), calib, search,
+                 progress=False)
 print(f"search: {time.time() - t0:.0f} s; fitness (KL) per iteration:",
       [round(it["fitness"], 4) for it in searched.iterations], "uniform:", round(uniform.iterations[-1]["fitness"], 4))"""),
     ("md", "## The searched sparsity per layer"),
@@ -291,7 +292,7 @@ import tempfile
 
 from transformers import AutoModelForCausalLM
 
-import surgery  # registers the per-layer-width (sliced) Llama/Mistral/Qwen2 configs
+import surgery  # registers the per-layer-width (sliced) decoders
 from surgery.models import save_model
 
 with tempfile.TemporaryDirectory() as tmp:

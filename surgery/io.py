@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -19,18 +20,69 @@ from safetensors.torch import save_file
 
 from surgery.errors import SurgeryError
 
+MARKER = "surgery_output.json"  # written into every output folder: what made it
+# Files that report on a model but are not part of it (not counted in the shipped size).
+REPORTS = frozenset({"metrics.json", "versions.json", "recipe.yaml", "README.md", "comparison.md", "comparison.json",
+                     "comparison.png", "mask.safetensors", "forget_split.npz", "forget_split.json", MARKER,
+                     "surgery_quant.json", "saliency.safetensors", "samples.png"})
+
+
+def _tmp_prefix(target: Path) -> str:
+    return f".{target.name}.tmp-"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def clean_stale(target: Path) -> None:
+    """Remove temporary siblings of `target` left by processes that no longer run (kill -9)."""
+    prefix = _tmp_prefix(target)
+    if not target.parent.is_dir():
+        return
+    for p in target.parent.iterdir():
+        if not p.name.startswith(prefix):
+            continue
+        try:
+            pid = int(p.name[len(prefix):].split("-", 1)[0])
+        except ValueError:
+            continue
+        if pid != os.getpid() and not _alive(pid):
+            shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+
+
+def _enospc(e: OSError, target: Path) -> SurgeryError | None:
+    import errno
+
+    if getattr(e, "errno", None) == errno.ENOSPC or "No space left" in str(e):
+        return SurgeryError(f"no space left on the device while writing {target}; nothing was kept")
+    return None
+
 
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+def atomic_path(path: str | os.PathLike, overwrite: bool = True) -> Iterator[Path]:
     """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds."""
     target = Path(path)
+    if target.is_dir():
+        raise SurgeryError(f"output is a folder, not a file: {target}")
+    if target.exists() and not overwrite:
+        raise SurgeryError(f"output file exists: {target} (pass --overwrite to replace it)")
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    clean_stale(target)
+    fd, tmp = tempfile.mkstemp(prefix=f"{_tmp_prefix(target)}{os.getpid()}-", dir=target.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     try:
         yield tmp_path
         os.replace(tmp_path, target)
+    except (OSError, SafetensorError) as e:
+        raise (_enospc(e, target) or e) from None
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
@@ -41,24 +93,28 @@ def atomic_dir(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Pat
     """Yield a temporary folder beside `path`; move it onto `path` only if the block succeeds.
 
     An existing `path` is refused unless `overwrite`; with `overwrite` it is replaced only after
-    the new folder is complete.
+    the new folder is complete (which folders may be replaced is the caller's rule). A full disk
+    is one line and leaves nothing behind.
     """
     target = Path(path)
+    if target.exists() and not target.is_dir():
+        raise SurgeryError(f"output exists and is not a folder: {target}")
     if target.exists() and not overwrite:
         raise SurgeryError(f"output folder exists: {target} (pass --overwrite to replace it)")
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    clean_stale(target)
+    tmp = Path(tempfile.mkdtemp(prefix=f"{_tmp_prefix(target)}{os.getpid()}-", dir=target.parent))
     try:
         yield tmp
         if target.exists():
-            old = target.with_name(f".{target.name}.old")
-            if old.exists():
-                shutil.rmtree(old)
+            old = target.with_name(f"{_tmp_prefix(target)}{os.getpid()}-old")
             os.replace(target, old)
             os.replace(tmp, target)
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, target)
+    except (OSError, SafetensorError) as e:
+        raise (_enospc(e, target) or e) from None
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
@@ -87,7 +143,23 @@ def load_tensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict
     return tensors, meta
 
 
+def finite(obj: object) -> object:
+    """`obj` with every NaN or infinite float replaced by None (JSON has no NaN)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite(v) for v in obj]
+    return obj
+
+
+def dumps_json(obj: object) -> str:
+    """Strict JSON (never a bare NaN), indented, keys in insertion order."""
+    return json.dumps(finite(obj), indent=2, default=str, allow_nan=False) + "\n"
+
+
 def write_json(obj: object, path: str | os.PathLike) -> None:
-    """Write JSON atomically, indented, keys in insertion order."""
+    """Write strict JSON atomically."""
     with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")
+        tmp.write_text(dumps_json(obj))

@@ -9,6 +9,7 @@ import torch
 from conftest import requires_data
 from surgery import SurgeryError
 from surgery.data import images, text
+from surgery.data.sources import parse_source, read_text
 from surgery.data.windows import calib_windows, eval_windows
 
 
@@ -40,10 +41,10 @@ def test_embedded_corpus_split():
 
 def test_load_text_errors(tmp_path, monkeypatch):
     with pytest.raises(SurgeryError, match="not found"):
-        text.load_text(str(tmp_path / "missing.txt"))
+        read_text(str(tmp_path / "missing.txt"))
     f = tmp_path / "a.txt"
     f.write_text("hello")
-    assert text.load_text(str(f)) == "hello"
+    assert read_text(str(f)) == "hello"
     with pytest.raises(SurgeryError, match="data folder not found"):
         text.data_dir(str(tmp_path / "nope"))
     monkeypatch.delenv("SURGERY_DATA_DIR", raising=False)
@@ -82,13 +83,11 @@ def test_shakespeare_split_by_whole_plays():
 
 @requires_data()
 def test_recipe_text_sources_select_the_right_works():
-    from surgery.cli.common import read_text
-
     s = text.shakespeare()
-    assert read_text("shakespeare:test", "test", None) == text.join(s["test"])
-    without = read_text("shakespeare:train-without:romeo_and_juliet", "train", None)
+    assert read_text("shakespeare:test") == text.join(s["test"])
+    without = read_text("shakespeare:train-without:romeo_and_juliet")
     assert without == text.join({k: v for k, v in s["train"].items() if k != "romeo_and_juliet"})
-    play = read_text("shakespeare-work:romeo_and_juliet", "train", None)
+    play = read_text("shakespeare-work:romeo_and_juliet")
     assert play == s["train"]["romeo_and_juliet"] and play not in without
 
 
@@ -99,3 +98,54 @@ def test_cifar10_and_mnist_decode():
     assert torch.bincount(c.y).tolist() == [1000] * 10 and c.classes[0] == "airplane"
     m = images.mnist("test")
     assert m.x.shape == (10000, 1, 28, 28) and int(m.y[0]) == 7  # the canonical first t10k label
+
+
+def test_local_text_formats_read_the_same_rows(tmp_path):
+    import json
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = ["first story", "second story", "third"]
+    (tmp_path / "a.jsonl").write_text("".join(json.dumps({"text": r, "id": i}) + "\n" for i, r in enumerate(rows)))
+    pq.write_table(pa.table({"body": rows}), tmp_path / "b.parquet")
+    (tmp_path / "c.txt").write_text(text.join(rows))
+    joined = text.join(rows)
+    assert read_text(str(tmp_path / "a.jsonl")) == joined
+    assert read_text(f"{tmp_path / 'b.parquet'}#body") == joined
+    assert read_text(str(tmp_path / "c.txt")) == joined
+    with pytest.raises(SurgeryError, match="no column 'text'"):
+        read_text(str(tmp_path / "b.parquet"))
+    (tmp_path / "bad.jsonl").write_text('{"text": "x"}\nnot json\n')
+    with pytest.raises(SurgeryError, match=r"bad.jsonl:2: not a JSON line"):
+        read_text(str(tmp_path / "bad.jsonl"))
+
+
+def test_sources_refuse_what_they_cannot_read(tmp_path):
+    (tmp_path / "latin1.txt").write_bytes("caf\xe9".encode("latin-1"))
+    (tmp_path / "binary.txt").write_bytes(b"\x00\x01\x02")
+    for spec, match in [(str(tmp_path / "latin1.txt"), "not UTF-8"), (str(tmp_path / "binary.txt"), "binary file"),
+                        ("foo:bar", "unknown data source 'foo:bar'"), ("hub:wikitext", "bad Hub source"),
+                        ("embedded:valid", "embedded has splits"), ("nothing-here.txt", "text path not found")]:
+        with pytest.raises(SurgeryError, match=match):
+            read_text(spec)
+    hub = parse_source("hub:wikitext:wikitext-2-raw-v1:train[:100]:text")
+    assert (hub.name, hub.config, hub.split, hub.column) == ("wikitext", "wikitext-2-raw-v1", "train[:100]", "text")
+    assert parse_source("hub:org/data::validation").config is None
+    assert parse_source("hub:org/data::validation").column == "text"
+
+
+def test_hub_dataset_offline_is_one_line(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path))
+    with pytest.raises(SurgeryError, match="cannot load Hub dataset 'surely/absent'.*offline"):
+        read_text("hub:surely/absent::train")
+
+
+@requires_data()
+def test_tinystories_split_is_disjoint_and_in_order():
+    t = text.tinystories()
+    assert len(t["train"]) > 4 * len(t["test"]) > 0
+    assert not set(t["train"]) & set(t["test"])
+    assert t["train"][0].startswith("Once upon a time")

@@ -18,10 +18,11 @@ def test_decoder_adapter_layout(make, kv):
     assert isinstance(ad, DecoderAdapter) and ad.num_layers == 2
     shape = ad.block_shape(1)
     assert (shape.num_heads, shape.num_kv_heads, shape.head_dim, shape.intermediate_size) == (4, kv, 8, 40)
-    assert ad.proj(0, "o") is model.model.layers[0].self_attn.o_proj
+    assert ad.output_proj(0, "attn") is model.model.layers[0].self_attn.o_proj
+    assert ad.output_proj(1, "mlp") is model.model.layers[1].mlp.down_proj
     assert ad.block_linear_params() == 2 * (32 * 32 * 2 + 2 * 32 * 8 * kv + 3 * 32 * 40)
-    lay = ad.structural_layout()[0]
-    assert (lay.q_bias is not None) == (model.config.model_type == "qwen2")
+    pieces = {p.param for p in ad.layout(0).units["kv_groups"].pieces}
+    assert ("model.layers.0.self_attn.q_proj.bias" in pieces) == (model.config.model_type == "qwen2")
 
 
 def test_unsupported_architectures_are_refused():

@@ -12,18 +12,18 @@ from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel
 from conftest import tiny_llama, tiny_mistral, tiny_qwen2
 from surgery import SurgeryError
 from surgery.models.adapters import DecoderAdapter
-from surgery.prune import PruneConfig, prune
+from surgery.prune import PruneConfig, SearchConfig, prune
 from surgery.prune import engine as engine_module
 from surgery.prune import supernet as supernet_module
 from surgery.prune.apply import apply_masked, slice_model
-from surgery.prune.search import mutate
-from surgery.prune.solver import Covariance, damped, progressive_prune, unit_scores
+from surgery.prune.search import Space, mutate
+from surgery.prune.solver import Covariance, Snapshot, damped, progressive_prune, unit_scores
 from surgery.prune.supernet import Supernet
-from surgery.prune.solver import Snapshot
-from surgery.prune.units import layout, target_removals
+from surgery.prune.units import SubKey, layout, target_removals
 
-FAST = dict(nsamples=16, seqlen=16, batch_size=4, generations=3, offspring=4, survivors=[2, 1],
-            stage_windows=[2, 4, 8], top_k=16, ffn_step=0.25, iterations=2)
+SEARCH = SearchConfig(generations=3, offspring=4, survivors=[2, 1], stage_windows=[2, 4, 8], top_k=16)
+FAST = dict(batch_size=4, ffn_step=0.25, iterations=2, search_samples=8, search=SEARCH)
+A0, A1, M0, M1 = SubKey(0, "attn"), SubKey(1, "attn"), SubKey(0, "mlp"), SubKey(1, "mlp")
 
 
 def calib(n=16, seed=0):
@@ -93,7 +93,7 @@ def dense_supernet(model, removed_units):
     lay = layout(ad)
     net = Supernet()
     for s in lay.sublayers:
-        w = ad.proj(s.layer, "o" if s.kind == "attn" else "down").weight.detach().clone()
+        w = ad.output_proj(s.key.layer, s.key.kind).weight.detach().clone()
         gone = torch.tensor(removed_units.get(s.key, []), dtype=torch.long)
         kept = torch.tensor([u for u in range(s.units) if u not in removed_units.get(s.key, [])])
         cols = (gone.view(-1, 1) * s.unit_cols + torch.arange(s.unit_cols)).reshape(-1)
@@ -106,15 +106,14 @@ def dense_supernet(model, removed_units):
 @pytest.mark.parametrize("make", [tiny_llama, tiny_qwen2, tiny_mistral])
 def test_removing_zero_units_leaves_logits_unchanged(make):
     model = make()
-    units = {"0.attn": [1], "1.mlp": [0, 5, 17], "0.mlp": [39]}
+    units = {A0: [1], M1: [0, 5, 17], M0: [39]}
     if model.config.num_key_value_heads == 1:
-        units.pop("0.attn")
+        units.pop(A0)
     ad = DecoderAdapter(model)
     with torch.no_grad():  # make those units' contributions exactly zero
         for key, us in units.items():
-            layer, kind = key.split(".")
-            lin = ad.proj(int(layer), "o" if kind == "attn" else "down")
-            width = lin.in_features // (ad.block_shape(int(layer)).num_kv_heads if kind == "attn" else lin.in_features)
+            lin = ad.output_proj(key.layer, key.kind)
+            width = lin.in_features // (ad.block_shape(key.layer).num_kv_heads if key.kind == "attn" else lin.in_features)
             for u in us:
                 lin.weight[:, u * width : (u + 1) * width] = 0
     ids = torch.randint(0, 99, (2, 11))
@@ -171,12 +170,12 @@ def test_budget_is_exact_and_the_search_keeps_it(sparsity):
     small = result.slice()
     dense_block = DecoderAdapter(tiny_llama()).block_linear_params()
     assert DecoderAdapter(small).block_linear_params() == dense_block - result.removed_params
-    levels = {"0.mlp": [0, 4, 8, 12], "1.mlp": [0, 4, 8, 12], "0.attn": [0, 1], "1.attn": [0, 1]}
+    levels = {M0: [0, 4, 8, 12], M1: [0, 4, 8, 12], A0: [0, 1], A1: [0, 1]}
     rng = random.Random(0)
-    parent = {"0.mlp": 4, "1.mlp": 8, "0.attn": 1, "1.attn": 0}
+    parent = {M0: 4, M1: 8, A0: 1, A1: 0}
     for _ in range(200):
-        child = mutate(parent, levels, {"attn": 1, "mlp": 4}, rng)
-        assert child["0.mlp"] + child["1.mlp"] == 12 and child["0.attn"] + child["1.attn"] == 1
+        child = mutate(parent, Space(levels, {"attn": 1, "mlp": 4}), rng)
+        assert child[M0] + child[M1] == 12 and child[A0] + child[A1] == 1
         assert all(child[k] in levels[k] for k in child)
 
 
@@ -196,13 +195,13 @@ def test_killed_supernet_build_and_search_resume_to_the_same_result(tmp_path, mo
 
     monkeypatch.setattr(supernet_module, "progressive_prune", dying_solver)
     with pytest.raises(KeyboardInterrupt):
-        prune(tiny_llama(), PruneConfig(**cfg, resume_dir=str(tmp_path)), calib(), progress=False)
-    assert (tmp_path / "iteration_0" / "block_0.safetensors").exists()
+        prune(tiny_llama(), PruneConfig(**cfg), calib(), resume_dir=str(tmp_path), progress=False)
+    assert (tmp_path / "iteration_0" / "supernet" / "step_0.safetensors").exists()
     monkeypatch.setattr(supernet_module, "progressive_prune", real_build)
 
     real_evolve = engine_module.evolve
     def dying_evolve(*a, **k):  # noqa: E306
-        fit = a[5]
+        fit = a[4]
         real_call = fit.__class__.__call__
         count = {"n": 0}
 
@@ -220,19 +219,19 @@ def test_killed_supernet_build_and_search_resume_to_the_same_result(tmp_path, mo
 
     monkeypatch.setattr(engine_module, "evolve", dying_evolve)
     with pytest.raises(KeyboardInterrupt):
-        prune(tiny_llama(), PruneConfig(**cfg, resume_dir=str(tmp_path)), calib(), progress=False)
-    assert (tmp_path / "iteration_0" / "search.json").exists()
+        prune(tiny_llama(), PruneConfig(**cfg), calib(), resume_dir=str(tmp_path), progress=False)
+    assert (tmp_path / "iteration_0" / "search" / "state.json").exists()
     monkeypatch.setattr(engine_module, "evolve", real_evolve)
     model = tiny_llama()
-    resumed = prune(model, PruneConfig(**cfg, resume_dir=str(tmp_path)), calib(), progress=False)
+    resumed = prune(model, PruneConfig(**cfg), calib(), resume_dir=str(tmp_path), progress=False)
     assert resumed.distribution == ref.distribution
     for (n, a), (_, b) in zip(ref_model.state_dict().items(), model.state_dict().items()):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7, msg=n)
 
 
 @pytest.mark.parametrize("kwargs,match", [
-    ({"sparsity": 1.0}, r"sparsity must be in \[0, 1\)"),
-    ({"sparsity": -0.1}, r"sparsity must be in \[0, 1\)"),
+    ({"sparsity": 1.0}, "sparsity: Input should be less than 1"),
+    ({"sparsity": -0.1}, "sparsity: Input should be greater than or equal to 0"),
     ({"sparsity": 0.9}, "cannot be met"),  # every layer keeps one KV group of its two
 ])
 def test_bad_input(kwargs, match):
@@ -254,8 +253,27 @@ def test_masked_application_matches_the_supernet():
     ad = DecoderAdapter(model)
     apply_masked(ad, result.supernet, result.distribution)
     for s in result.layout.sublayers:
-        w = ad.proj(s.layer, "o" if s.kind == "attn" else "down").weight.detach()
+        w = ad.output_proj(s.key.layer, s.key.kind).weight.detach()
         kept = result.supernet.kept(s.key, result.distribution[s.key])
         zero_units = [u for u in range(s.units) if u not in kept.tolist()]
         for u in zero_units:
             assert float(w[:, u * s.unit_cols : (u + 1) * s.unit_cols].abs().max()) == 0.0
+
+
+@pytest.mark.parametrize("method", ["wanda_sp", "flap"])
+def test_baselines_mask_exactly_the_budget_and_keep_one_kv_group(method):
+    from surgery.prune import baselines
+
+    model = tiny_llama()
+    counts = getattr(baselines, method)(model, 0.5, calib(), batch_size=4)
+    lay = layout(DecoderAdapter(tiny_llama()))
+    target = target_removals(lay, 0.5)
+    for kind in ("attn", "mlp"):
+        keys = [s.key for s in lay.of_kind(kind)]
+        assert sum(counts[k] for k in keys) == sum(target[k] for k in keys)
+    ad = DecoderAdapter(model)
+    for s in lay.sublayers:  # exactly `counts` units of each output projection are zero columns
+        w = ad.output_proj(s.key.layer, s.key.kind).weight.detach()
+        zero = int((w.view(w.shape[0], s.units, s.unit_cols).abs().sum((0, 2)) == 0).sum())
+        assert zero == counts[s.key]
+        assert s.key.kind != "attn" or zero < s.units

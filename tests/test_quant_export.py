@@ -9,15 +9,15 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from conftest import tiny_llama
-from surgery.quantize import QuantConfig, quantize
-from surgery.quantize.export import dequantized_weights, export, packed_bytes
+from surgery.export.compressed import dequantized_weights, packed_bytes
+from surgery.quantize import CONFIGS, export, quantize
 
 
 def quantized(bits, method="rtn", **kw):
     model = tiny_llama(hidden_size=64, intermediate_size=128)  # every width a multiple of 32
-    cfg = QuantConfig(method=method, num_bits=bits, group_size=32, batch_size=4, **kw)
+    cfg = CONFIGS[method](num_bits=bits, group_size=32, **kw)
     ids = torch.randint(0, 99, (8, 16), generator=torch.Generator().manual_seed(0))
-    return model, quantize(model, cfg, calib=ids, progress=False)
+    return model, quantize(model, cfg, calib=ids, batch_size=4, progress=False)
 
 
 @pytest.mark.parametrize("bits", [2, 3, 4, 8])
@@ -93,7 +93,7 @@ def test_lora_adapter_loads_with_peft(tmp_path):
 
 def test_export_refuses_an_existing_folder_and_leaves_nothing_on_failure(tmp_path, monkeypatch):
     from surgery import SurgeryError
-    from surgery.quantize import export as export_module
+    from surgery.export import safetensors_dir as export_module
 
     model, result = quantized(4)
     (tmp_path / "exists").mkdir()
@@ -105,5 +105,13 @@ def test_export_refuses_an_existing_folder_and_leaves_nothing_on_failure(tmp_pat
 
     monkeypatch.setattr(export_module, "save_file", boom)
     with pytest.raises(OSError):
+        export(model, result, tmp_path / "new")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["exists"]
+
+    def full(*a, **k):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(export_module, "save_file", full)
+    with pytest.raises(SurgeryError, match="no space left on the device while writing .*new; nothing was kept"):
         export(model, result, tmp_path / "new")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["exists"]

@@ -8,6 +8,7 @@ from surgery import SurgeryError
 from surgery.quantize import quantizer as qz
 from surgery.quantize.gptq import HessianAccumulator, gptq_quantize, layer_error
 from surgery.quantize.lora import QuantLoRALinear
+from surgery.export.grid import dequantize_groups
 
 SQNR_FLOOR_DB = {2: 6.0, 3: 13.5, 4: 20.0, 8: 44.5}  # g64 on Gaussian weights (measured: 6.8/14.2/20.8/45.4)
 
@@ -25,7 +26,7 @@ def test_error_bound_grid_and_sqnr(bits):
     assert float(((q - w).abs() - step / 2).max()) <= 1e-6  # no clipping without LWC: |err| ≤ s/2
     codes = qz.quantize_int(w, bits, 64, qp)
     assert int(codes.min()) >= 0 and int(codes.max()) <= 2**bits - 1
-    assert torch.equal(qz.dequantize(codes, qp, 64), q)  # fake-quant values are exactly the grid's
+    assert torch.equal(dequantize_groups(codes, qp.scale, qp.zero), q)  # fake-quant values are exactly the grid's
     assert torch.all(qp.zero == qp.zero.round()) and float(qp.zero.min()) >= 0
     assert qz.sqnr_db(w, q) >= SQNR_FLOOR_DB[bits]
 
@@ -115,7 +116,7 @@ def test_gptq_beats_rtn_on_a_nontrivial_hessian(bits, act_order):
     rtn = qz.fake_quant(W, bits, 32)
     assert layer_error(W, Q, acc.H) < 0.9 * layer_error(W, rtn, acc.H)
     codes = qz.quantize_int(Q, bits, 32, qp)  # GPTQ's output lies on its own (exported) grid
-    assert torch.equal(qz.dequantize(codes, qp, 32), Q)
+    assert torch.equal(dequantize_groups(codes, qp.scale, qp.zero), Q)
 
 
 def test_gptq_with_identity_hessian_is_rtn():

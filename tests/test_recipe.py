@@ -62,7 +62,7 @@ def test_run_writes_a_complete_loadable_folder(tmp_path, model_dir, corpus):
     assert {p.name for p in out.iterdir()} >= {
         "README.md", "config.json", "metrics.json", "model.safetensors", "recipe.yaml", "versions.json"}
     saved = json.loads((out / "metrics.json").read_text())
-    assert saved["stages"][0]["label"] == "gptq W4g8"
+    assert saved["stages"][0]["label"] == "gptq W4 g8"
     assert json.loads((out / "versions.json").read_text())["torch"].startswith("2.13")
     card = (out / "README.md").read_text()
     assert card.startswith("---\nbase_model:") and "base_model_relation: quantized" in card
@@ -87,22 +87,40 @@ def test_set_overrides_a_value(tmp_path, model_dir, corpus):
     assert r.stages[0].config.num_bits == 3
     with pytest.raises(SurgeryError, match="no section 'nope'"):
         parse(recipe, ["nope.x=1"])
+    with pytest.raises(SurgeryError, match="--set quant_stage.quant_modifiers.GPTQModifier.num_bits:1: invalid YAML"):
+        parse(recipe, ["quant_stage.quant_modifiers.GPTQModifier.num_bits={a: b"])
+    with pytest.raises(SurgeryError, match=r"r\.yaml:--set: quant_stage\.quant_modifiers\.GPTQModifier\.num_bits: Input"):
+        parse(recipe, ["quant_stage.quant_modifiers.GPTQModifier.num_bits=five"])
 
 
 @pytest.mark.parametrize("body,match", [
-    ("calibration:\n  data: x\n  nsample: 8\nquant_stage:\n  quant_modifiers:\n    RTNModifier: {}\n",
-     r"r\.yaml:3: unknown key 'nsample' in calibration"),
+    ("calibration:\n  data: embedded:train\n  nsample: 8\nquant_stage:\n  quant_modifiers:\n    RTNModifier: {}\n",
+     r"r\.yaml:3: calibration\.nsample: unknown option; allowed: data, nsamples, seqlen, seed, batch_size"),
     ("quant_stage:\n  quant_modifiers:\n    GPTQModifier:\n      num_bits: four\n",
-     r"r\.yaml:4: GPTQModifier\.num_bits must be int, got str"),
+     r"r\.yaml:4: quant_stage\.quant_modifiers\.GPTQModifier\.num_bits: Input should be 2, 3, 4 or 8 \(got 'four'\)"),
     ("quant_stage:\n  quant_modifiers:\n    GPTQModifer:\n      num_bits: 4\n",
-     r"r\.yaml:3: unknown modifier 'GPTQModifer'"),
+     r"r\.yaml:3: quant_stage\.quant_modifiers\.GPTQModifer: unknown option; allowed: RTNModifier, GPTQModifier"),
     ("quant_stage:\n  quant_modifiers:\n    GPTQModifier:\n      num_bits: 5\n",
-     r"r\.yaml:3: GPTQModifier: num_bits must be one of"),
+     r"r\.yaml:4: quant_stage\.quant_modifiers\.GPTQModifier\.num_bits: Input should be 2, 3, 4 or 8"),
     ("quant_stage:\n  quant_modifiers:\n    ApiQModifier:\n      group_size: 48\n",
-     r"r\.yaml:3: ApiQModifier: group_size must be a power of two"),
-    ("eval_stage:\n  data: notalist\n", r"r\.yaml:2: eval_stage\.data must be list"),
+     r"r\.yaml:\d: quant_stage: group_size must be a power of two"),
+    ("eval_stage:\n  data: notalist\n", r"r\.yaml:2: eval_stage\.data: Input should be a valid list"),
     ("prune_stag: {}\n", r"r\.yaml:1: unknown key 'prune_stag'"),
-    ("quant_stage:\n  quant_modifiers: [1, 2]\n  bad: 1\n", r"r\.yaml:3: unknown key 'bad' in quant_stage"),
+    ("quant_stage:\n  quant_modifiers: [1, 2]\n  bad: 1\n", r"r\.yaml:2: quant_stage\.quant_modifiers: Input should be"),
+    ("quant_stage:\n  quant_modifiers:\n    RTNModifier: {}\n  bad: 1\n", r"r\.yaml:4: quant_stage\.bad: unknown option"),
+    ("quant_stage:\n  quant_modifiers:\n    ApiQModifier: {seed: 1}\n    RTNModifier: {}\n",
+     r"r\.yaml:1: quant_stage: quant_stage\.quant_modifiers holds exactly one modifier, got RTNModifier, ApiQModifier"),
+    ("quant_stage:\n  quant_modifiers:\n    GPTQModifier: {targets: [1]}\n",
+     r"r\.yaml:3: quant_stage\.quant_modifiers\.GPTQModifier\.targets\.0: Input should be a valid string"),
+    ("quant_stage:\n  quant_modifiers:\n    ApiQModifier: {stages: [[wpt, x]]}\n",
+     r"r\.yaml:3: quant_stage\.quant_modifiers\.ApiQModifier\.stages\.0\.1: Input should be a valid integer"),
+    ("eval_stage:\n  data: [123]\n", r"r\.yaml:2: eval_stage\.data\.0: Input should be a valid string"),
+    ("eval_stage:\n  data: [foo:bar]\n", r"r\.yaml:1: eval_stage: unknown data source 'foo:bar'"),
+    ("calibration:\n  data: embedded:test\nquant_stage:\n  quant_modifiers:\n    RTNModifier: {}\n",
+     r"calibration data 'embedded:test' is a test split"),
+    ("calibration: {batch_size: 0}\nquant_stage:\n  quant_modifiers:\n    RTNModifier: {}\n",
+     r"r\.yaml:1: calibration\.batch_size: Input should be greater than 0"),
+    ("quant_stage:\n  quant_modifiers:\n    RTNModifier: {}\nquant_stage: {}\n", r"r\.yaml:4: duplicate key 'quant_stage'"),
     ("quant_stage: {\n", r"r\.yaml:\d+: invalid YAML"),
 ])
 def test_bad_recipes_fail_before_any_work(tmp_path, body, match):
@@ -151,7 +169,7 @@ def test_killed_quantization_resumes_from_its_partial_folder(tmp_path, model_dir
     monkeypatch.setattr(engine, "_apiq_block", dying)
     with pytest.raises(KeyboardInterrupt):
         run_recipe(str(recipe), str(tmp_path / "out"), model=str(model_dir))
-    assert (tmp_path / ".out.partial" / "quant_stage" / "block_0.safetensors").exists()
+    assert (tmp_path / ".out.partial" / "quant_stage" / "step_0.safetensors").exists()
     assert not (tmp_path / "out").exists()
     monkeypatch.setattr(engine, "_apiq_block", real)
     run_recipe(str(recipe), str(tmp_path / "out"), model=str(model_dir))
@@ -182,11 +200,7 @@ prune_stage:
       sparsity: 0.25
       search_samples: 8
       iterations: 1
-      generations: 2
-      offspring: 4
-      survivors: [2, 1]
-      stage_windows: [2, 4, 8]
-      top_k: 16
+      search: {{generations: 2, offspring: 4, survivors: [2, 1], stage_windows: [2, 4, 8], top_k: 16}}
 quant_stage:
   quant_modifiers:
     GPTQModifier:
@@ -207,7 +221,7 @@ def test_prune_then_quantize_chain_equals_the_stages_one_by_one(tmp_path, model_
     from surgery.evaluate import perplexity
     from surgery.models import load_model
     from surgery.prune import PruneConfig, prune
-    from surgery.quantize import QuantConfig, quantize
+    from surgery.quantize import quantize
 
     recipe = write(tmp_path, CHAIN.format(corpus=corpus))
     metrics = run_recipe(str(recipe), str(tmp_path / "out"), model=str(model_dir))
@@ -224,6 +238,7 @@ def test_prune_then_quantize_chain_equals_the_stages_one_by_one(tmp_path, model_
     quantize(small, qcfg, calib=calib_windows(ids, 8, 16, 0), progress=False)
     windows = eval_windows(ids, 16)
     by_hand = perplexity(small, windows)
+    assert "trust_remote_code=True" in (tmp_path / "out" / "README.md").read_text()
     assert perplexity(back, windows) == pytest.approx(by_hand, rel=1e-6)
     reported = metrics["comparison"]["models"][1]["metrics"][f"ppl:{corpus}"]
     assert reported == pytest.approx(by_hand, rel=1e-6)
@@ -246,7 +261,7 @@ def test_run_killed_between_stages_resumes_without_redoing_the_finished_stage(tm
     with pytest.raises(KeyboardInterrupt):
         run_recipe(str(recipe), str(tmp_path / "out"), model=str(model_dir))
     assert not (tmp_path / "out").exists()
-    assert (tmp_path / ".out.partial" / "prune_stage" / "iteration_0" / "search.json").exists()
+    assert (tmp_path / ".out.partial" / "prune_stage" / "iteration_0" / "search" / "state.json").exists()
     monkeypatch.setattr(quantize_pkg, "quantize", real_quantize)
 
     real_solver, calls = supernet_module.progressive_prune, {"n": 0}
@@ -280,10 +295,10 @@ def test_chain_scores_once_and_every_stage_reuses_the_map(tmp_path, model_dir, c
     from surgery.recipe import maps as maps_module
     from surgery.saliency import score
 
-    body = CHAIN.format(corpus=corpus).replace("      top_k: 16\n", "      top_k: 16\n      saliency_kind: fisher\n")
+    body = CHAIN.format(corpus=corpus).replace("      iterations: 1\n", "      iterations: 1\n      saliency_kind: fisher\n")
     body = body.replace("GPTQModifier:\n      num_bits: 4\n      group_size: 8\n      group_rule: channel\n",
                         "ApiQModifier:\n      num_bits: 2\n      group_size: 8\n      group_rule: channel\n"
-                        "      epochs: 1\n      lora_rank: 2\n      saliency_lambda: 10.0\n")
+                        "      epochs: 1\n      lora_rank: 2\n      saliency: {lam: 10.0}\n")
     recipe = write(tmp_path, body)
     calls = []
 
@@ -337,6 +352,6 @@ def test_lm_unlearn_recipe_draws_retain_per_forget_and_rejects_bad_values(tmp_pa
     assert stage["after"]["ppl_forget"] > stage["before"]["ppl_forget"]  # gradient ascent on the forget text
     assert "unlearned (graddiff, SalUn mask)" in (tmp_path / "out" / "README.md").read_text()
     bad = write(tmp_path, LM_UNLEARN.format(forget=forget, retain=corpus, per=0), name="bad.yaml")
-    with pytest.raises(SurgeryError, match="retain_per_forget must be ≥ 1"):
+    with pytest.raises(SurgeryError, match="unlearn_stage.data.retain_per_forget: Input should be greater than 0"):
         run_recipe(str(bad), str(tmp_path / "bad_out"), model=str(model_dir))
     assert not (tmp_path / "bad_out").exists()

@@ -46,8 +46,38 @@ def test_killed_lm_build_resumes_to_the_same_weights(tmp_path, monkeypatch):
     monkeypatch.setattr(train_lm_module, "causal_lm_loss", dying_loss)
     with pytest.raises(KeyboardInterrupt):
         train_lm_module.train_lm(spec, None, tmp_path / "b", progress=False, evaluate=False)
-    assert (tmp_path / "b" / "ckpt.pt").exists()  # step-100 checkpoint
+    assert (tmp_path / "b" / "train_state.json").exists()  # step-100 checkpoint (safetensors + JSON)
     monkeypatch.setattr(train_lm_module, "causal_lm_loss", real_loss)
     resumed, _, _ = train_lm_module.train_lm(spec, None, tmp_path / "b", progress=False, evaluate=False)
     for (n, a), (_, b) in zip(full.state_dict().items(), resumed.state_dict().items()):
         assert torch.equal(a, b), n
+
+
+def test_a_planted_pickle_in_the_cache_is_never_loaded(tmp_path, monkeypatch):
+    """A writable cache must not run code: resume state is safetensors + JSON, and a pickle beside
+    it is ignored."""
+    import pickle
+    import subprocess
+
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            return (subprocess.call, (["touch", str(marker)],))
+
+    work = tmp_path / "w"
+    work.mkdir()
+    (work / "ckpt.pt").write_bytes(pickle.dumps(Evil()))
+    spec = get_spec("tiny-lm", steps=3)
+    train_lm_module.train_lm(spec, None, work, progress=False, evaluate=False)
+    assert not marker.exists()
+
+
+def test_no_unsafe_pickle_loading_in_the_package():
+    import pathlib
+
+    import surgery
+
+    root = pathlib.Path(surgery.__file__).parent
+    offenders = [str(p) for p in root.rglob("*.py") if "weights_only=False" in p.read_text() or "torch.load(" in p.read_text()]
+    assert offenders == []

@@ -1,43 +1,83 @@
-"""Shared CLI plumbing: model and data arguments turned into models, token windows, batches."""
+"""Shared CLI plumbing: argument types that refuse nonsense, models and data from arguments, and the
+checks that run before any model loads."""
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from surgery.data import text as textdata
 from surgery.data.images import load_images
+from surgery.data.sources import parse_source, read_text
 from surgery.data.windows import calib_windows, eval_windows, tokenize
-from surgery.errors import SurgeryError, require  # noqa: F401 (re-exported)
-from surgery.models.io import load_model
+from surgery.errors import SurgeryError, require
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse whose errors are one `surgery: error:` line (exit 2), not a usage block."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise SurgeryError(f"{self.prog}: {message}")
 
 
 def progress_enabled() -> bool:
     return sys.stderr.isatty()
 
 
+def positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if v <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {v}")
+    return v
+
+
+def seqlen_int(text: str) -> int:
+    v = positive_int(text)
+    if v < 2:
+        raise argparse.ArgumentTypeError(f"a window needs at least 2 tokens, got {v}")
+    return v
+
+
+def unit_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {text!r}") from None
+    if not 0 < v <= 1:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {v}")
+    return v
+
+
 def add_model_args(p: argparse.ArgumentParser, required: bool = True) -> None:
     g = p.add_mutually_exclusive_group(required=required)
-    g.add_argument("--model", help="model folder (save_pretrained layout or a surgery vision model)")
+    g.add_argument("--model", help="model folder, Hub id org/name[@revision], or a reference name")
     g.add_argument("--reference", help="a reference model name (built and cached if needed)")
     p.add_argument("--data-dir", help="benchmark data folder (default: $SURGERY_DATA_DIR)")
+    add_device_args(p)
+
+
+def add_device_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="auto", help="auto (CUDA when present, else CPU), cpu, cuda, cuda:N")
+    p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"], help="weights' dtype (default fp32)")
 
 
 def add_text_args(p: argparse.ArgumentParser, multiple: bool = False) -> None:
     p.add_argument("--data", action="append" if multiple else "store",
-                   help="text: file, folder of .txt, WikiText raw file, or hub id[:config]; "
-                   "'embedded:train|test', 'shakespeare:train|valid|test', 'wikitext2'"
+                   help="text: embedded:train|test, shakespeare:train|valid|test, tinystories:train|test, "
+                   "wikitext2, hub:NAME:CONFIG:SPLIT[:COLUMN], or a .txt/.jsonl/.parquet file or folder"
                    + (" (repeatable)" if multiple else ""))
-    p.add_argument("--split", default="test", help="hub dataset split (default: test)")
-    p.add_argument("--seqlen", type=int, default=128, help="tokens per window (default: 128)")
-    p.add_argument("--nsamples", type=int, default=None,
-                   help="random calibration windows (default: all non-overlapping windows)")
-    p.add_argument("--max-windows", type=int, default=None, help="cap on evaluation windows")
+    p.add_argument("--seqlen", type=seqlen_int, default=128, help="tokens per window (default: 128)")
+    p.add_argument("--nsamples", type=positive_int, default=None,
+                   help="random calibration windows (default: every non-overlapping window)")
+    p.add_argument("--max-windows", type=positive_int, default=None, help="cap on evaluation windows")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--batch-size", type=positive_int, default=8)
 
 
 def add_image_args(p: argparse.ArgumentParser) -> None:
@@ -47,50 +87,87 @@ def add_image_args(p: argparse.ArgumentParser) -> None:
                    help="keep only these classes (e.g. the class to forget)")
 
 
+def device_of(args: argparse.Namespace) -> torch.device:
+    """`--device`: auto = the local CUDA device when present (the rank's under torchrun), else CPU."""
+    name = getattr(args, "device", "auto") or "auto"
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        return torch.device("cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise SurgeryError(f"--device: unknown device {name!r} (auto, cpu, cuda, cuda:N)") from None
+    if dev.type == "cuda":
+        require(torch.cuda.is_available(), f"--device {name}: no CUDA device on this machine")
+        if dev.index is None:
+            dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        require(dev.index < torch.cuda.device_count(), f"--device {name}: only {torch.cuda.device_count()} CUDA devices")
+    else:
+        require(dev.type == "cpu", f"--device: unsupported device type {dev.type!r}")
+    return dev
+
+
+def dtype_of(args: argparse.Namespace) -> torch.dtype:
+    from surgery.models.io import DTYPES
+
+    return DTYPES[getattr(args, "dtype", "fp32") or "fp32"]
+
+
+def model_source(args: argparse.Namespace) -> str:
+    return args.reference or args.model
+
+
+def model_config(args: argparse.Namespace) -> tuple[Path, dict[str, Any]]:
+    """The resolved model folder and its config.json — without loading any weight."""
+    from surgery.models.io import read_config
+    from surgery.reference import resolve_model
+
+    path = resolve_model(model_source(args), args.data_dir, progress=progress_enabled())
+    return path, read_config(path)
+
+
+def check_inputs(args: argparse.Namespace, cfg: dict[str, Any], text: bool, images: bool = False) -> None:
+    """What can be checked from the config and the arguments alone, before weights load."""
+    is_vision = "surgery_arch" in cfg
+    if getattr(args, "images", None):
+        require(is_vision, f"--images needs an image classifier; {model_source(args)} is a "
+                f"{cfg.get('model_type', 'language')} model (use --data)")
+        if args.images in ("cifar10", "mnist"):
+            from surgery.data.text import data_dir
+
+            data_dir(args.data_dir)
+        return
+    if text:
+        require(not is_vision, f"{model_source(args)} is an image classifier: use --images, not --data")
+        sources = args.data if isinstance(args.data, list) else [args.data]
+        require(bool(sources) and sources[0] is not None, "--data is required for a language model")
+        for s in sources:
+            parse_source(s).check(args.data_dir)
+        check_seqlen(cfg, args.seqlen)
+
+
+def check_seqlen(cfg: dict[str, Any], seqlen: int) -> None:
+    text = cfg.get("text_config") or cfg
+    limit = text.get("max_position_embeddings")
+    require(limit is None or seqlen <= limit, f"--seqlen {seqlen} exceeds the model's max_position_embeddings ({limit})")
+
+
 def get_model(args: argparse.Namespace) -> tuple[torch.nn.Module, Any, Path]:
-    if getattr(args, "reference", None):
-        from surgery.reference import load_reference
+    """The model as its folder describes it (adapter attached), on `--device` in `--dtype`."""
+    from surgery.export.folders import load_folder
+    from surgery.reference import resolve_model
 
-        return load_reference(args.reference, args.data_dir, progress=progress_enabled())
-    model, tok = load_model(args.model)
-    model.eval()
-    return model, tok, Path(args.model)
-
-
-def read_text(source: str, split: str, data_dir: str | None) -> str:
-    """Joined text for a `--data` value."""
-    if source.startswith("embedded:"):
-        part = source.split(":", 1)[1]
-        splits = textdata.embedded()
-        require(part in splits, f"embedded corpus has splits {sorted(splits)}, not {part!r}")
-        return textdata.join(splits[part])
-    if source.startswith("shakespeare:train-without:"):
-        name = source.split(":", 2)[2]
-        train = textdata.shakespeare(data_dir)["train"]
-        require(name in train, f"{name!r} is not a training work")
-        return textdata.join({k: v for k, v in train.items() if k != name})
-    if source.startswith("shakespeare:"):  # after the more specific "shakespeare:train-without:"
-        part = source.split(":", 1)[1]
-        splits = textdata.shakespeare(data_dir)
-        require(part in splits, f"shakespeare has splits {sorted(splits)}, not {part!r}")
-        return textdata.join(splits[part])
-    if source.startswith("shakespeare-work:"):
-        name = source.split(":", 1)[1]
-        works = textdata.read_documents(textdata.data_dir(data_dir) / "text" / "shakespeare")
-        require(name in works, f"no Shakespeare work {name!r}; works: {', '.join(sorted(works))}")
-        return works[name]
-    if source == "wikitext2":
-        return textdata.wikitext2_test(data_dir)
-    return textdata.load_text(source, split)
+    path = resolve_model(model_source(args), args.data_dir, progress=progress_enabled())
+    model, tok = load_folder(path, dtype=dtype_of(args), device=device_of(args))
+    return model.eval(), tok, path
 
 
-def text_windows(args: argparse.Namespace, tokenizer: Any) -> torch.Tensor:
+def text_windows(args: argparse.Namespace, tokenizer: Any, source: str | None = None) -> torch.Tensor:
     """Evaluation windows, or seeded calibration windows when `--nsamples` is given."""
-    require(args.data is not None, "--data is required for a language model")
+    source = source or args.data
     require(tokenizer is not None, "the model folder has no tokenizer; cannot read text")
-    text = read_text(args.data, args.split, args.data_dir)
-    require(len(text.strip()) > 0, f"empty data: {args.data} holds no text")
-    ids = tokenize(tokenizer, text)
+    ids = tokenize(tokenizer, read_text(source, args.data_dir))
     if args.nsamples:
         return calib_windows(ids, args.nsamples, args.seqlen, args.seed)
     return eval_windows(ids, args.seqlen, args.max_windows)
@@ -107,5 +184,11 @@ def image_batches(args: argparse.Namespace) -> list[tuple[torch.Tensor, torch.Te
     return list(data.loader(args.batch_size))
 
 
-def fail(message: str) -> None:
-    raise SurgeryError(message)
+def check_out_file(out: str, inputs: list[str | None], overwrite: bool) -> None:
+    """An output file that is not an input, not a folder, and new unless `overwrite`."""
+    p = Path(out)
+    for i in inputs:
+        if i and Path(i).exists() and p.exists() and p.resolve() == Path(i).resolve():
+            raise SurgeryError(f"--out {out} is also an input; write to another file")
+    require(not p.is_dir(), f"--out {out} is a folder; give a file name")
+    require(overwrite or not p.exists(), f"--out {out} exists (pass --overwrite to replace it)")

@@ -21,18 +21,18 @@ from surgery.evaluate import compare
 from surgery.io import atomic_dir
 from surgery.models.adapters import DecoderAdapter
 from surgery.reference import load_reference
-from surgery.prune import PruneConfig, prune
-from surgery.quantize import QuantConfig, quantize
+from surgery.prune import PruneConfig, SearchConfig, prune
+from surgery.quantize import ApiQConfig, GPTQConfig, RTNConfig, quantize
 from surgery.saliency import score
 
 MARKER = "demo.json"
 SEQLEN = 128
 QUANT_STEPS = [
-    ("RTN W2g64", {"method": "rtn"}),
-    ("GPTQ W2g64 (act-order)", {"method": "gptq", "act_order": True}),
-    ("ApiQ W2g64", {"method": "apiq", "epochs": 4, "lr_lwc": 1e-2, "lr_lora": 2e-3}),
-    ("ApiQ+saliency W2g64", {"method": "apiq", "epochs": 4, "lr_lwc": 1e-2, "lr_lora": 2e-3,
-                             "saliency_lambda": 10.0}),
+    ("RTN W2g64", RTNConfig(num_bits=2, group_size=64)),
+    ("GPTQ W2g64 (act-order)", GPTQConfig(num_bits=2, group_size=64, act_order=True)),
+    ("ApiQ W2g64", ApiQConfig(num_bits=2, group_size=64, epochs=4, lr_lwc=1e-2, lr_lora=2e-3)),
+    ("ApiQ+saliency W2g64", ApiQConfig(num_bits=2, group_size=64, epochs=4, lr_lwc=1e-2, lr_lora=2e-3,
+                                       saliency={"lam": 10.0})),
 ]
 
 
@@ -49,8 +49,8 @@ def _saliency_table(smap, adapter: DecoderAdapter) -> str:
     lines = ["| block | attention share | MLP share | top head (score) | top KV group | "
              "neurons holding 50% of the block's MLP score |", "|---|---|---|---|---|---|"]
     for i in range(adapter.num_layers):
-        attn = sum(per[f"{adapter.module_name(i, r)}.weight"] for r in ("q", "k", "v", "o"))
-        mlp = sum(per[f"{adapter.module_name(i, r)}.weight"] for r in ("gate", "up", "down"))
+        attn = sum(per[n] for n in adapter.attention_params(i))
+        mlp = sum(per[n] for n in adapter.mlp_params(i))
         h = units.heads[i]
         g = units.kv_groups[i]
         n = units.neurons[i].sort(descending=True).values
@@ -106,11 +106,10 @@ def run_demo(output: str | Path = "surgery-demo", progress: bool = False) -> dic
 
     print("\n## Quantization (2 bits, groups of 64; the saliency map above is the ApiQ regulariser's F)\n")
     qreports = [reports[0]]
-    for label, kw in QUANT_STEPS:
+    for label, cfg in QUANT_STEPS:
         qmodel, _, _ = load_reference("demo-lm", progress=False)
-        cfg = QuantConfig(num_bits=2, group_size=64, nsamples=32, seqlen=SEQLEN, batch_size=8, **kw)
-        result = quantize(qmodel, cfg, calib=calib, fisher=smap if cfg.saliency_lambda else None,
-                          progress=progress)
+        sal = isinstance(cfg, ApiQConfig) and cfg.saliency.enabled
+        result = quantize(qmodel, cfg, calib=calib, fisher=smap if sal else None, batch_size=8, progress=progress)
         rep = compare.evaluate_lm(qmodel, windows, label, dense=model, speed=False)
         rep.metrics["bits_per_weight"] = result.theoretical_bits() / result.quantized_weights()
         rep.metrics["calib_s"] = result.seconds
@@ -120,9 +119,9 @@ def run_demo(output: str | Path = "surgery-demo", progress: bool = False) -> dic
     print("\n## Structural pruning (50 % of the block weights; saliency-seeded search; sliced)\n")
     pmodel, _, _ = load_reference("demo-lm", progress=False)
     search = calib_windows(train_ids, nsamples=16, seqlen=SEQLEN, seed=1)
-    presult = prune(pmodel, PruneConfig(sparsity=0.5, nsamples=32, seqlen=SEQLEN, search_samples=16,
-                                        iterations=2, generations=4, offspring=8, stage_windows=[2, 4, 16],
-                                        top_k=64), calib, search, progress=progress)
+    search_cfg = SearchConfig(generations=4, offspring=8, stage_windows=[2, 4, 16], top_k=64)
+    presult = prune(pmodel, PruneConfig(sparsity=0.5, search_samples=16, iterations=2, search=search_cfg),
+                    calib, search, progress=progress)
     small = presult.slice()
     prep = compare.evaluate_lm(small, windows, f"pruned {100 * presult.achieved_sparsity:.0f}% (sliced)",
                                dense=model)
@@ -131,9 +130,8 @@ def run_demo(output: str | Path = "surgery-demo", progress: bool = False) -> dic
           + ", ".join(f"{r['kv_groups_kept']}/{r['neurons_kept']}" for r in presult.per_layer()))
 
     print("\n## Chain: the pruned model quantized (GPTQ W4g64, act-order), exported as compressed-tensors\n")
-    ccfg = QuantConfig(method="gptq", num_bits=4, group_size=64, group_rule="channel", act_order=True,
-                       nsamples=32, seqlen=SEQLEN, batch_size=8)
-    cresult = quantize(small, ccfg, calib=calib, progress=progress)
+    ccfg = GPTQConfig(num_bits=4, group_size=64, group_rule="channel", act_order=True)
+    cresult = quantize(small, ccfg, calib=calib, batch_size=8, progress=progress)
     crep = compare.evaluate_lm(small, windows, "pruned 50% + GPTQ W4", dense=model, speed=False)
     crep.metrics["bits_per_weight"] = cresult.theoretical_bits() / cresult.quantized_weights()
     best_q = min(qreports[1:], key=lambda r: r.metrics["ppl:heldout"])

@@ -1,11 +1,14 @@
-"""`surgery` command line: score, mask, eval, compare, build, demo.
+"""`surgery` command line: score, mask, eval, compare, build, run, demo.
 
-Every bad input ends in one line on stderr and exit status 2; nothing half-written is left.
+Every bad input ends in one `surgery: error:` line on stderr and exit status 2, checked before any
+model loads where it can be; nothing half-written is left. `--debug` (or SURGERY_DEBUG=1) shows the
+traceback of an unexpected error.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -15,10 +18,13 @@ from surgery.errors import SurgeryError
 
 def cmd_score(args: argparse.Namespace) -> None:
     from surgery import dist
-    from surgery.saliency import check_density, score
+    from surgery.saliency import score
 
-    if args.mask_density is not None:
-        check_density(args.mask_density)
+    common.check_out_file(args.out, [args.model], args.overwrite)
+    if args.mask_out:
+        common.check_out_file(args.mask_out, [args.model, args.out], args.overwrite)
+    _, cfg = common.model_config(args)
+    common.check_inputs(args, cfg, text=not args.images)
     dist.init_from_env(cpu=args.cpu or None)
     model, tok, _ = common.get_model(args)
     if args.images:
@@ -29,9 +35,10 @@ def cmd_score(args: argparse.Namespace) -> None:
         windows = common.text_windows(args, tok)
         batches = list(windows.split(args.batch_size))
         loss = args.loss or "causal_lm"
-        desc = f"{args.data} seqlen={args.seqlen} windows={windows.shape[0]}"
-    smap = score(model, batches, loss=loss, kind=args.kind, include=args.include,
-                 exclude=args.exclude, progress=common.progress_enabled(), description=desc)
+        desc = f"{args.data} seqlen={args.seqlen} windows={windows.shape[0]} seed={args.seed}"
+    smap = score(model, batches, loss=loss, kind=args.kind, include=args.include, exclude=args.exclude,
+                 progress=common.progress_enabled(), description=desc)
+    smap.identify(model, seed=args.seed)
     if dist.is_main():
         smap.save(args.out)
         msg = f"saved {smap!r} to {args.out}"
@@ -45,9 +52,9 @@ def cmd_score(args: argparse.Namespace) -> None:
 
 
 def cmd_mask(args: argparse.Namespace) -> None:
-    from surgery.saliency import SaliencyMap, check_density
+    from surgery.saliency import SaliencyMap
 
-    check_density(args.density)
+    common.check_out_file(args.out, [args.map, args.model], args.overwrite)
     model = None
     if args.model:
         from surgery.models.io import load_model
@@ -60,9 +67,11 @@ def cmd_mask(args: argparse.Namespace) -> None:
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
-    from surgery.evaluate import accuracy, evaluate_lm, to_json, to_markdown
     from surgery.data.images import load_images
+    from surgery.evaluate import accuracy, evaluate_lm, to_json, to_markdown
 
+    _, cfg = common.model_config(args)
+    common.check_inputs(args, cfg, text=not args.images)
     model, tok, path = common.get_model(args)
     if args.images:
         data = load_images(args.images, "test", args.data_dir)
@@ -76,26 +85,31 @@ def cmd_eval(args: argparse.Namespace) -> None:
 
 def cmd_compare(args: argparse.Namespace) -> None:
     from surgery.evaluate import compare
-    from surgery.models.io import load_model
+    from surgery.export.folders import check_output_folder, load_folder, write_marker
+    from surgery.io import atomic_dir
+    from surgery.reference import resolve_model
 
-    dense, tok = load_model(args.dense)
-    dense.eval()
+    if args.out:
+        check_output_folder(args.out, args.overwrite)
     common.require(bool(args.data), "--data is required (at least one text)")
-    sets = {}
-    for source in args.data:
-        args.data = source
-        sets[source] = common.text_windows(args, tok)
-    reports = [compare.evaluate_lm(dense, sets, Path(args.dense).name, path=args.dense,
+    args.model, args.reference = args.dense, None
+    _, cfg = common.model_config(args)
+    common.check_inputs(args, cfg, text=True)
+    paths = [resolve_model(c, args.data_dir) for c in args.candidate]
+    dense, tok, dense_path = common.get_model(args)
+    sets = {source: common.text_windows(args, tok, source) for source in args.data}
+    reports = [compare.evaluate_lm(dense, sets, Path(args.dense).name, path=dense_path,
                                    speed=not args.no_speed, batch_size=args.batch_size)]
-    for cand in args.candidate:
-        model, _ = load_model(cand)
-        model.eval()
-        reports.append(compare.evaluate_lm(model, sets, Path(cand).name, dense=dense, path=cand,
+    for cand, path in zip(args.candidate, paths):
+        model, _ = load_folder(path, dtype=common.dtype_of(args), device=common.device_of(args))
+        reports.append(compare.evaluate_lm(model.eval(), sets, Path(cand).name, dense=dense, path=path,
                                            speed=not args.no_speed, batch_size=args.batch_size))
     print(compare.to_markdown(reports))
     if args.out:
-        paths = compare.write(reports, args.out)
-        print(f"wrote {', '.join(str(p) for p in paths.values())}")
+        with atomic_dir(args.out, overwrite=args.overwrite) as tmp:
+            compare.write(reports, tmp)
+            write_marker(tmp, "comparison")
+        print(f"wrote {args.out}/comparison.md, .json, .png")
 
 
 def cmd_build(args: argparse.Namespace) -> None:
@@ -107,12 +121,11 @@ def cmd_build(args: argparse.Namespace) -> None:
 
 def cmd_run(args: argparse.Namespace) -> None:
     from surgery import dist
-    from surgery.recipe import run_recipe
+    from surgery.recipe.run import run_recipe
 
     dist.init_from_env(cpu=args.cpu or None)  # data-parallel calibration under torchrun
-    metrics = run_recipe(args.recipe, args.output, model=args.model, overrides=args.set,
-                         overwrite=args.overwrite, data_dir=args.data_dir,
-                         progress=common.progress_enabled() and dist.is_main())
+    metrics = run_recipe(args.recipe, args.output, model=args.model, overrides=args.set, overwrite=args.overwrite,
+                         data_dir=args.data_dir, progress=common.progress_enabled() and dist.is_main())
     if dist.is_main():
         if "table" in metrics:
             print(metrics["table"])
@@ -127,9 +140,9 @@ def cmd_demo(args: argparse.Namespace) -> None:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="surgery", allow_abbrev=False,
-                                description="Weight-saliency model surgery.")
-    sub = p.add_subparsers(dest="command", required=True)
+    p = common.Parser(prog="surgery", allow_abbrev=False, description="Weight-saliency model surgery.")
+    p.add_argument("--debug", action="store_true", help="show the traceback of an unexpected error")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=common.Parser)
 
     s = sub.add_parser("score", allow_abbrev=False, help="score weight saliency")
     common.add_model_args(s)
@@ -140,20 +153,22 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--include", nargs="*", help="parameter-name regexes to score")
     s.add_argument("--exclude", nargs="*", help="parameter-name regexes to skip")
     s.add_argument("--out", required=True, help="saliency map (.safetensors)")
-    s.add_argument("--mask-density", type=float, help="also write a top-density mask")
+    s.add_argument("--mask-density", type=common.unit_float, help="also write a top-density mask")
     s.add_argument("--mask-scope", default="global", choices=["global", "tensor"])
     s.add_argument("--mask-out", help="mask file (default: <out>.mask.safetensors)")
     s.add_argument("--packed", action="store_true", help="bit-pack the mask")
+    s.add_argument("--overwrite", action="store_true", help="replace existing output files")
     s.add_argument("--cpu", action="store_true", help="gloo on CPU under torchrun")
     s.set_defaults(func=cmd_score)
 
     m = sub.add_parser("mask", allow_abbrev=False, help="top-density mask from a saliency map")
     m.add_argument("--map", required=True)
-    m.add_argument("--density", type=float, required=True)
+    m.add_argument("--density", type=common.unit_float, required=True)
     m.add_argument("--scope", default="global", choices=["global", "tensor"])
     m.add_argument("--model", help="check the map against this model")
     m.add_argument("--out", required=True)
     m.add_argument("--packed", action="store_true")
+    m.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     m.set_defaults(func=cmd_mask)
 
     e = sub.add_parser("eval", allow_abbrev=False, help="perplexity / accuracy, size, speed")
@@ -165,12 +180,14 @@ def parser() -> argparse.ArgumentParser:
     e.set_defaults(func=cmd_eval)
 
     c = sub.add_parser("compare", allow_abbrev=False, help="dense vs candidates, with ratios")
-    c.add_argument("--dense", required=True)
+    c.add_argument("--dense", required=True, help="the dense model (folder, Hub id or reference name)")
     c.add_argument("--candidate", action="append", default=[], required=True)
     common.add_text_args(c, multiple=True)
     c.add_argument("--data-dir")
+    common.add_device_args(c)
     c.add_argument("--no-speed", action="store_true")
     c.add_argument("--out", help="folder for comparison.md/.json/.png")
+    c.add_argument("--overwrite", action="store_true")
     c.set_defaults(func=cmd_compare)
 
     b = sub.add_parser("build", allow_abbrev=False, help="build (or show) a reference model")
@@ -181,11 +198,11 @@ def parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("run", allow_abbrev=False, help="run a YAML recipe")
     r.add_argument("recipe")
-    r.add_argument("--model", help="model folder or reference name (overrides the recipe's)")
+    r.add_argument("--model", help="model folder, Hub id or reference name (overrides the recipe's)")
     r.add_argument("--output", required=True)
     r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a recipe value, e.g. quant_stage.quant_modifiers.GPTQModifier.num_bits=3")
-    r.add_argument("--overwrite", action="store_true")
+    r.add_argument("--overwrite", action="store_true", help="replace a previous output and its checkpoints")
     r.add_argument("--data-dir")
     r.add_argument("--cpu", action="store_true", help="gloo on CPU under torchrun")
     r.set_defaults(func=cmd_run)
@@ -197,9 +214,8 @@ def parser() -> argparse.ArgumentParser:
 
 
 def _quiet_libraries() -> None:
-    """Hide transformers' per-file progress bars and advisory warnings off a terminal."""
-    import os
-
+    """Hide transformers' per-file progress bars and advisory warnings off a terminal (never the
+    loading report: surgery turns missing or unexpected weights into an error itself)."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     if not sys.stderr.isatty():
         from transformers.utils import logging as hf_logging
@@ -212,23 +228,39 @@ def _raise_interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
+def _debug(argv: list[str] | None) -> bool:
+    return "--debug" in (argv if argv is not None else sys.argv[1:]) or os.environ.get("SURGERY_DEBUG") == "1"
+
+
 def main(argv: list[str] | None = None) -> int:
     import signal
     import threading
 
-    args = parser().parse_args(argv)
-    _quiet_libraries()
-    # SIGTERM (a killed job) unwinds like Ctrl-C, so temporary outputs are removed on the way out
+    debug = _debug(argv)
     main_thread = threading.current_thread() is threading.main_thread()
+    # SIGTERM (a killed job) unwinds like Ctrl-C, so temporary outputs are removed on the way out
     previous = signal.signal(signal.SIGTERM, _raise_interrupt) if main_thread else None
     try:
+        args = parser().parse_args(argv)
+        _quiet_libraries()
         args.func(args)
     except SurgeryError as e:
+        if debug:
+            raise
         print(f"surgery: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("surgery: interrupted", file=sys.stderr)
         return 130
+    except SystemExit as e:  # --help, --version
+        return int(e.code or 0)
+    except Exception as e:  # a bug in surgery or a library: still one line, the traceback on request
+        if debug:
+            raise
+        first = str(e).splitlines()[0] if str(e) else ""
+        print(f"surgery: error: unexpected {type(e).__name__}: {first} (rerun with --debug for the traceback)",
+              file=sys.stderr)
+        return 2
     finally:
         if main_thread:
             signal.signal(signal.SIGTERM, previous)

@@ -1,13 +1,14 @@
 """Data: text sources and token windows, image sets."""
 from surgery.data.images import ImageSet, cifar10, digits, load_images, mnist
+from surgery.data.sources import TextSource, parse_source, read_text
 from surgery.data.text import (
     DATA_ENV,
     data_dir,
     embedded,
     join,
-    load_text,
     read_documents,
     shakespeare,
+    tinystories,
     wikitext2_test,
 )
 from surgery.data.windows import batches, calib_windows, eval_windows, tokenize
@@ -15,6 +16,7 @@ from surgery.data.windows import batches, calib_windows, eval_windows, tokenize
 __all__ = [
     "DATA_ENV",
     "ImageSet",
+    "TextSource",
     "batches",
     "calib_windows",
     "cifar10",
@@ -24,10 +26,12 @@ __all__ = [
     "eval_windows",
     "join",
     "load_images",
-    "load_text",
     "mnist",
+    "parse_source",
     "read_documents",
+    "read_text",
     "shakespeare",
+    "tinystories",
     "tokenize",
     "wikitext2_test",
 ]

@@ -1,4 +1,4 @@
-"""Text sources: files, folders of plays, the WikiText raw file, the embedded corpus, hub ids.
+"""Text corpora: files, folders of plays, the WikiText raw file, TinyStories, the embedded corpus.
 
 Every loader returns a list of documents; `join` makes the GPTQ-protocol string ("\n\n"-joined).
 Benchmark data are found through a path argument or `SURGERY_DATA_DIR` — never a fixed path.
@@ -44,8 +44,20 @@ def stem(path: Path) -> str:
 
 def wikitext_rows(path: str | os.PathLike) -> list[str]:
     """Rows of a WikiText raw file as the HF dataset has them (blank rows are empty strings)."""
-    text = Path(path).read_text(encoding="utf-8")
+    text = read_utf8(path)
     return ["" if r == " \n" else r for r in text.splitlines(keepends=True)]
+
+
+def read_utf8(path: str | os.PathLike) -> str:
+    """A text file's contents, or one line saying it is not UTF-8 text."""
+    p = Path(path)
+    data = p.read_bytes()
+    require(b"\x00" not in data, f"{p} is a binary file, not text")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise SurgeryError(f"{p} is not UTF-8 text (byte {e.start}: {data[e.start:e.start + 1]!r}); "
+                           "convert it to UTF-8") from None
 
 
 def read_documents(path: str | os.PathLike) -> dict[str, str]:
@@ -55,10 +67,10 @@ def read_documents(path: str | os.PathLike) -> dict[str, str]:
     if p.is_dir():
         files = sorted(p.glob("*.txt"))
         require(bool(files), f"no *.txt files in {p}")
-        return {stem(f): f.read_text(encoding="utf-8") for f in files}
+        return {stem(f): read_utf8(f) for f in files}
     if p.name.endswith(".raw") and p.name.startswith("wiki."):
         return {p.stem: join(wikitext_rows(p))}
-    return {stem(p): p.read_text(encoding="utf-8")}
+    return {stem(p): read_utf8(p)}
 
 
 def join(docs: list[str] | dict[str, str]) -> str:
@@ -96,27 +108,14 @@ def wikitext2_test(root: str | os.PathLike | None = None) -> str:
     return join(wikitext_rows(data_dir(root) / "text" / "wikitext-2" / "wiki.test.raw"))
 
 
-def load_text(source: str, split: str = "test", column: str = "text") -> str:
-    """Joined text from a local file/folder, or from a hub dataset `id[:config]` via `datasets`."""
-    p = Path(source)
-    if p.exists():
-        return join(read_documents(p))
-    if not _looks_like_hub_id(source):
-        raise SurgeryError(f"text path not found: {source}")
-    from datasets import load_dataset
-
-    name, _, config = source.partition(":")
-    try:
-        ds = load_dataset(name, config or None, split=split)
-    except Exception as e:  # offline, unknown id, bad split: one line either way
-        raise SurgeryError(f"cannot load dataset {source!r} split {split!r}: {str(e).splitlines()[0]}") from None
-    require(column in ds.column_names, f"dataset {source!r} has no column {column!r}")
-    return join(list(ds[column]))
+TINYSTORIES_FILE = ("text", "tinystories", "tinystories_valid_part.txt")
+TINYSTORIES_TEST_SHARE = 0.2  # the last 20 % of the stories (by file order) are held out
 
 
-def _looks_like_hub_id(source: str) -> bool:
-    """`name` or `owner/name` (optionally `:config`), not a relative or absolute path."""
-    if source.startswith((".", "/", "~")) or source.endswith((".txt", ".raw", ".json")):
-        return False
-    parts = source.split(":")[0].split("/")
-    return len(parts) <= 2 and all(parts)
+def tinystories(root: str | os.PathLike | None = None) -> dict[str, list[str]]:
+    """The TinyStories part beside stories260K, split by file order into `train` (first 80 % of the
+    stories) and `test` (last 20 %): disjoint, so calibration never sees evaluation text."""
+    stories = [s.strip() for s in read_utf8(data_dir(root).joinpath(*TINYSTORIES_FILE)).split("\n\n")]
+    stories = [s for s in stories if s]
+    cut = int(round(len(stories) * (1 - TINYSTORIES_TEST_SHARE)))
+    return {"train": stories[:cut], "test": stories[cut:]}

@@ -8,17 +8,21 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from surgery.io import REPORTS
+
 
 def param_count(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
 def size_on_disk(path: str | os.PathLike) -> int:
-    """Bytes of the weight files (`*.safetensors`) of a model folder (or one file)."""
-    p = Path(path)
-    if p.is_file():
-        return p.stat().st_size
-    return sum(f.stat().st_size for f in p.glob("*.safetensors"))
+    """Bytes of everything a user ships to serve the model — weights, adapter, configs, tokenizer,
+    modeling code — measured from the files (not the reports beside them); a file's own size."""
+    root = Path(path)
+    if root.is_file():
+        return root.stat().st_size
+    return sum(f.stat().st_size for f in root.rglob("*")
+               if f.is_file() and not (f.parent == root and f.name in REPORTS) and not f.name.startswith("."))
 
 
 @torch.no_grad()

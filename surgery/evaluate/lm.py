@@ -41,6 +41,22 @@ def perplexity(model: nn.Module, windows: torch.Tensor, batch_size: int = 8,
     return math.exp(float(window_nll(model, windows, batch_size, progress).mean()))
 
 
+def dense_topk(logits: torch.Tensor, k: int | None) -> tuple[torch.Tensor | None, torch.Tensor]:
+    """(ids of the k largest logits or None for all, their log-probabilities renormalised over them)."""
+    logits = logits.float()
+    if k is None or k >= logits.shape[-1]:
+        return None, F.log_softmax(logits, dim=-1)
+    top = logits.topk(k, dim=-1)
+    return top.indices, F.log_softmax(top.values, dim=-1)
+
+
+def kl_terms(ids: torch.Tensor | None, logp: torch.Tensor, candidate_logits: torch.Tensor) -> torch.Tensor:
+    """Per-token KL(p ‖ q) with q the candidate's distribution over the same ids (renormalised)."""
+    q = candidate_logits.float()
+    logq = F.log_softmax(q if ids is None else q.gather(-1, ids), dim=-1)
+    return (logp.exp() * (logp - logq)).sum(-1)
+
+
 @torch.no_grad()
 def kl_divergence(dense: nn.Module, candidate: nn.Module, windows: torch.Tensor,
                   batch_size: int = 8, top_k: int | None = None) -> float:
@@ -50,15 +66,9 @@ def kl_divergence(dense: nn.Module, candidate: nn.Module, windows: torch.Tensor,
     candidate.eval()
     total, count = 0.0, 0
     for chunk in windows.split(batch_size):
-        p_logits = dense(input_ids=chunk.to(_device(dense))).logits[:, :-1].float()
-        q_logits = candidate(input_ids=chunk.to(_device(candidate))).logits[:, :-1].float()
-        q_logits = q_logits.to(p_logits.device)
-        if top_k is not None:
-            idx = p_logits.topk(top_k, dim=-1).indices
-            p_logits, q_logits = p_logits.gather(-1, idx), q_logits.gather(-1, idx)
-        logp = F.log_softmax(p_logits, dim=-1)
-        logq = F.log_softmax(q_logits, dim=-1)
-        kl = (logp.exp() * (logp - logq)).sum(-1)
+        ids, logp = dense_topk(dense(input_ids=chunk.to(_device(dense))).logits[:, :-1], top_k)
+        q_logits = candidate(input_ids=chunk.to(_device(candidate))).logits[:, :-1].to(logp.device)
+        kl = kl_terms(ids, logp, q_logits)
         total += float(kl.double().sum())
         count += kl.numel()
     return total / count

@@ -1,17 +1,18 @@
-"""Models: architecture adapters, our vision classifiers, folder I/O, a BPE tokenizer trainer."""
+"""Models: architecture adapters, loading and saving, sliced decoders, our vision classifiers."""
 from surgery.models.adapters import (
-    DECODER_TYPES,
+    SUPPORTED,
     BlockShape,
     ClassifierAdapter,
     DecoderAdapter,
     adapter_for,
+    is_language_model,
 )
 from surgery.models.io import load_model, read_config, save_model
 from surgery.models.vision import MLP, ResNetCifar, SmallCNN, build_vision
 
 __all__ = [
-    "DECODER_TYPES",
     "MLP",
+    "SUPPORTED",
     "BlockShape",
     "ClassifierAdapter",
     "DecoderAdapter",
@@ -19,6 +20,7 @@ __all__ = [
     "SmallCNN",
     "adapter_for",
     "build_vision",
+    "is_language_model",
     "load_model",
     "read_config",
     "save_model",

@@ -1,8 +1,11 @@
-"""Layer-wise calibration plumbing (the GPTQ `Catcher` idea): capture what the model feeds its first
-decoder block, then replay blocks one at a time on those inputs.
+"""Layer-wise calibration plumbing (the GPTQ `Catcher` idea): capture what the model feeds its
+decoder blocks, then replay blocks one at a time on those inputs.
 
-Block inputs are kept once per calibration batch (optionally on CPU), never once per layer; the
-keyword arguments (rotary position embeddings, masks) are shared by every block.
+One pass per calibration batch runs the embeddings and records, for every block, the keyword
+arguments it receives (rotary embeddings, masks): they differ between blocks in models that mix
+sliding-window and global attention (Gemma 2/3, Qwen). The blocks themselves do not run during the
+capture: each block's forward is swapped for a recorder that passes the hidden states through.
+Block inputs are kept once per batch (optionally on CPU); kwargs are shared tensors, not copies.
 """
 from __future__ import annotations
 
@@ -16,27 +19,38 @@ from torch import nn
 from surgery.errors import require
 from surgery.models.adapters import DecoderAdapter
 
+_DROP = ("past_key_values", "past_key_value", "cache")
+
 
 class _Caught(Exception):
-    """Raised by the capture hook to stop the forward pass after block 0's inputs are seen."""
+    """Raised by the last block's recorder: nothing after the blocks needs to run."""
 
 
 @dataclass
 class BlockInputs:
-    """Per calibration batch: the hidden states entering a block, and the block's kwargs."""
+    """Per calibration batch: the hidden states entering block `layer`, and every block's kwargs."""
 
     hidden: list[torch.Tensor]
-    kwargs: list[dict[str, Any]]
+    layer_kwargs: list[list[dict[str, Any]]]  # [block][batch]
+    layer: int = 0
 
     def __len__(self) -> int:
         return len(self.hidden)
 
     @property
+    def kwargs(self) -> list[dict[str, Any]]:
+        """The kwargs block `layer` receives, per batch."""
+        return self.layer_kwargs[self.layer]
+
+    @property
     def tokens(self) -> int:
         return sum(h.shape[0] * h.shape[1] for h in self.hidden)
 
-    def with_hidden(self, hidden: list[torch.Tensor]) -> BlockInputs:
-        return BlockInputs(hidden, self.kwargs)
+    def with_hidden(self, hidden: list[torch.Tensor], layer: int | None = None) -> BlockInputs:
+        return BlockInputs(hidden, self.layer_kwargs, self.layer if layer is None else layer)
+
+    def at(self, layer: int) -> BlockInputs:
+        return self.with_hidden(self.hidden, layer)
 
 
 def _to(obj: Any, device: torch.device) -> Any:
@@ -52,20 +66,29 @@ def _to(obj: Any, device: torch.device) -> Any:
 @torch.no_grad()
 def capture_block_inputs(adapter: DecoderAdapter, batches: Iterable[torch.Tensor],
                          offload: bool = False) -> BlockInputs:
-    """Run the embeddings for each batch of token ids and keep what block 0 receives."""
+    """Run the embeddings for each batch of token ids; keep block 0's hidden states and every
+    block's kwargs."""
     model = adapter.model
-    device = next(model.parameters()).device
-    store = BlockInputs([], [])
+    device = adapter.embed_tokens.weight.device
+    layers = adapter.layers
+    hidden: list[torch.Tensor] = []
+    kwargs: list[list[dict[str, Any]]] = [[] for _ in layers]
 
-    def hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
-        hidden = args[0] if args else kwargs.pop("hidden_states")
-        kw = {k: v for k, v in kwargs.items() if k not in ("cache", "past_key_values", "past_key_value")}
-        kw["use_cache"] = False
-        store.hidden.append(hidden.detach().to("cpu" if offload else hidden.device))
-        store.kwargs.append(kw)
-        raise _Caught
+    def recorder(i: int):
+        def forward(hidden_states: torch.Tensor, *args: Any, **kw: Any) -> torch.Tensor:
+            require(not args, "decoder blocks must take their extra inputs as keyword arguments")
+            if i == 0:
+                hidden.append(hidden_states.detach().to("cpu" if offload else hidden_states.device))
+            kw = {k: v for k, v in kw.items() if k not in _DROP}
+            kw["use_cache"] = False
+            kwargs[i].append(kw)
+            if i == len(layers) - 1:
+                raise _Caught
+            return hidden_states
+        return forward
 
-    handle = adapter.layers[0].register_forward_pre_hook(hook, with_kwargs=True)
+    for i, layer in enumerate(layers):
+        layer.forward = recorder(i)
     try:
         for batch in batches:
             try:
@@ -73,13 +96,14 @@ def capture_block_inputs(adapter: DecoderAdapter, batches: Iterable[torch.Tensor
             except _Caught:
                 pass
     finally:
-        handle.remove()
-    require(len(store) > 0, "empty calibration data: no batch to capture")
-    return store
+        for layer in layers:
+            del layer.forward  # back to the class's forward
+    require(len(hidden) > 0, "empty calibration data: no batch to capture")
+    return BlockInputs(hidden, kwargs, 0)
 
 
 def block_forward(block: nn.Module, hidden: torch.Tensor, kwargs: dict[str, Any]) -> torch.Tensor:
-    """One block on one batch (hidden moved to the block's device)."""
+    """One block on one batch (inputs moved to the block's device)."""
     device = next(block.parameters()).device
     out = block(hidden.to(device), **_to(kwargs, device))
     return out[0] if isinstance(out, tuple) else out

@@ -1,5 +1,11 @@
-"""Turn a chosen distribution into a model: masked (full shapes, zero columns) or physically sliced."""
+"""Turn a chosen distribution into a model: masked (full shapes, zero columns) or physically sliced.
+
+Which rows and columns a unit owns comes from the adapter's layout (`Piece`s), so fused
+projections (Phi-3's `qkv_proj`, `gate_up_proj`) are cut consistently in every part.
+"""
 from __future__ import annotations
+
+from collections.abc import Mapping
 
 import torch
 from torch import nn
@@ -7,106 +13,93 @@ from torch import nn
 from surgery.models.adapters import DecoderAdapter
 from surgery.models.sliced import model_for, sliced_config
 from surgery.prune.supernet import Supernet
+from surgery.prune.units import UNIT_KIND, Dist, SubKey
 from surgery.saliency import SaliencyMap
+from surgery.saliency.structural import Piece, slice_tensor
 
 
-def apply_masked(adapter: DecoderAdapter, net: Supernet, removed: dict[str, int]) -> None:
-    """Write each sub-layer's chosen candidate into o_proj / down_proj (pruned columns are zero,
-    so the pruned units contribute nothing; q/k/v/gate/up rows are left as they are)."""
+def apply_masked(adapter: DecoderAdapter, net: Supernet, removed: Dist) -> None:
+    """Write each sub-layer's chosen candidate into its output projection (pruned columns are zero,
+    so the pruned units contribute nothing; the rows that feed them are left as they are)."""
     with torch.no_grad():
-        for i in range(adapter.num_layers):
-            for kind, role in (("attn", "o"), ("mlp", "down")):
-                key = f"{i}.{kind}"
-                lin = adapter.proj(i, role)
-                lin.weight.copy_(net.weight(key, removed[key]).to(lin.weight.dtype))
+        for key, r in removed.items():
+            lin = adapter.output_proj(key.layer, key.kind)
+            lin.weight.copy_(net.weight(key, r).to(lin.weight.dtype))
 
 
-def _rows(t: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-    return t.index_select(0, idx.to(t.device))
+def _cuts(adapter: DecoderAdapter, net: Supernet, removed: Dist) -> tuple[dict[str, tuple[list[Piece], torch.Tensor]],
+                                                                          list[str]]:
+    """Per parameter: its pieces and the kept units; and the prefixes of MLPs left with no neuron."""
+    cuts: dict[str, tuple[list[Piece], torch.Tensor]] = {}
+    empty = []
+    for key, r in removed.items():
+        kept = net.kept(key, r)
+        us = adapter.layout(key.layer).units[UNIT_KIND[key.kind]]
+        for p in us.pieces:
+            cuts.setdefault(p.param, ([], kept))[0].append(p)
+        if key.kind == "mlp" and kept.numel() == 0:
+            empty.append(f"{adapter.block_name(key.layer)}.mlp.")
+    return cuts, empty
 
 
-def _plans(adapter: DecoderAdapter, net: Supernet, removed: dict[str, int]
-           ) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-    """Per layer: kept q rows (= o_proj columns), kept k/v rows, kept neurons."""
-    d = adapter.head_dim
-    plans = []
-    for i in range(adapter.num_layers):
-        shape = adapter.block_shape(i)
-        g = shape.num_heads // shape.num_kv_heads
-        groups = net.kept(f"{i}.attn", removed[f"{i}.attn"])
-        neurons = net.kept(f"{i}.mlp", removed[f"{i}.mlp"])
-        q_heads = (groups.view(-1, 1) * g + torch.arange(g)).reshape(-1)
-        q_rows = (q_heads.view(-1, 1) * d + torch.arange(d)).reshape(-1)
-        kv_rows = (groups.view(-1, 1) * d + torch.arange(d)).reshape(-1)
-        plans.append((q_rows, kv_rows, neurons))
-    return plans
-
-
-def _cut(name: str, v: torch.Tensor, q_rows: torch.Tensor, kv_rows: torch.Tensor,
-         neurons: torch.Tensor) -> torch.Tensor:
-    """The kept part of one block tensor (`name` relative to the block)."""
-    if name.startswith("self_attn.q_proj."):
-        return _rows(v, q_rows)
-    if name.startswith(("self_attn.k_proj.", "self_attn.v_proj.")):
-        return _rows(v, kv_rows)
-    if name == "self_attn.o_proj.weight":
-        return v[:, q_rows.to(v.device)]
-    if name.startswith(("mlp.gate_proj.", "mlp.up_proj.")):
-        return _rows(v, neurons)
-    if name == "mlp.down_proj.weight":
-        return v[:, neurons.to(v.device)]
-    return v
-
-
-def slice_map(adapter: DecoderAdapter, net: Supernet, removed: dict[str, int], smap: SaliencyMap) -> SaliencyMap:
-    """The map restricted to the weights that the sliced model keeps (same names and shapes as
-    `slice_model`'s parameters), so a map scored once on the dense model serves later stages."""
-    plans = _plans(adapter, net, removed)
+def slice_state(adapter: DecoderAdapter, net: Supernet, removed: Dist, tensors: Mapping[str, torch.Tensor],
+                candidates: bool = True) -> dict[str, torch.Tensor]:
+    """`tensors` (named like the model's parameters) cut to what the sliced model keeps; with
+    `candidates`, output projections first take the chosen candidate's weights."""
+    cuts, empty = _cuts(adapter, net, removed)
+    outputs = {f"{_out_name(adapter, k)}.weight": k for k in removed}
     out = {}
-    for name, t in smap.items():
-        if name.startswith(f"{adapter.prefix}."):
-            rest = name[len(adapter.prefix) + 1:]
-            i, local = rest.split(".", 1)
-            q_rows, kv_rows, neurons = plans[int(i)]
-            if local.startswith("mlp.") and neurons.numel() == 0:
-                continue
-            t = _cut(local, t, q_rows, kv_rows, neurons)
+    for name, t in tensors.items():
+        if any(name.startswith(e) for e in empty):
+            continue
+        if candidates and name in outputs:
+            key = outputs[name]
+            t = net.weight(key, removed[key]).to(device=t.device, dtype=t.dtype)
+        if name in cuts:
+            pieces, kept = cuts[name]
+            t = slice_tensor(t, pieces, kept)
         out[name] = t.contiguous()
+    return out
+
+
+def _out_name(adapter: DecoderAdapter, key: SubKey) -> str:
+    return adapter.attn_name(key.layer, "o") if key.kind == "attn" else adapter.mlp_name(key.layer, "down")
+
+
+def slice_map(adapter: DecoderAdapter, net: Supernet, removed: Dist, smap: SaliencyMap) -> SaliencyMap:
+    """The map restricted to the weights the sliced model keeps (same names and shapes as its
+    parameters), so a map scored once on the dense model serves later stages."""
+    out = slice_state(adapter, net, removed, dict(smap.items()), candidates=False)
     return SaliencyMap(out, smap.kind, smap.loss, f"{smap.data} (restricted to the pruned model)",
                        smap.samples, smap.batches)
 
 
 @torch.no_grad()
-def slice_model(adapter: DecoderAdapter, net: Supernet, removed: dict[str, int]) -> nn.Module:
+def slice_model(adapter: DecoderAdapter, net: Supernet, removed: Dist) -> nn.Module:
     """A new, physically smaller model: kept KV groups (with their query heads) and neurons only,
-    o_proj / down_proj columns from the chosen candidates."""
+    output projections from the chosen candidates."""
     model = adapter.model
-    plans = _plans(adapter, net, removed)
-    heads = [q.numel() // adapter.head_dim for q, _, _ in plans]
-    kv_heads = [kv.numel() // adapter.head_dim for _, kv, _ in plans]
-    ffn = [n.numel() for _, _, n in plans]
-    cfg = sliced_config(model.config, heads, kv_heads, ffn)
+    heads, kv_heads, ffn = [], [], []
+    for i in range(adapter.num_layers):
+        s = adapter.block_shape(i)
+        g = s.num_heads // s.num_kv_heads
+        attn, mlp = SubKey(i, "attn"), SubKey(i, "mlp")
+        kv = net.kept(attn, removed[attn]).numel() if attn in removed else s.num_kv_heads
+        heads.append(kv * g)
+        kv_heads.append(kv)
+        ffn.append(net.kept(mlp, removed[mlp]).numel() if mlp in removed else
+                   (s.intermediate_size or adapter.config.intermediate_size))
     first = next(model.parameters())
-    new = model_for(cfg).to(device=first.device, dtype=first.dtype)
-    sd = {k: v for k, v in model.state_dict().items() if ".layers." not in k}
-    for i, (q_rows, kv_rows, neurons) in enumerate(plans):
-        p = f"{adapter.prefix}.{i}."
-        old = {k[len(p):]: v for k, v in model.state_dict().items() if k.startswith(p)}
-        o_full = net.weight(f"{i}.attn", removed[f"{i}.attn"]).to(old["self_attn.o_proj.weight"].dtype)
-        down_full = net.weight(f"{i}.mlp", removed[f"{i}.mlp"]).to(old["mlp.down_proj.weight"].dtype)
-        for k, v in old.items():
-            if k == "self_attn.o_proj.weight":
-                v = o_full.to(v.device)
-            elif k == "mlp.down_proj.weight":
-                v = down_full.to(v.device)
-            v = _cut(k, v, q_rows, kv_rows, neurons)
-            if k.startswith("mlp.") and neurons.numel() == 0:
-                continue
-            sd[p + k] = v.contiguous()
-    missing, unexpected = new.load_state_dict(sd, strict=False)
-    assert not unexpected, unexpected
-    assert all("rotary" in m or m.endswith("lm_head.weight") and model.config.tie_word_embeddings
-               for m in missing), missing
+    new = model_for(sliced_config(model.config, heads, kv_heads, ffn)).to(device=first.device, dtype=first.dtype)
+    DecoderAdapter(new)  # MoE experts in the same per-expert layout as ours
+    state = slice_state(adapter, net, removed, model.state_dict())
+    missing, unexpected = new.load_state_dict(state, strict=False)
+    tied = bool(getattr(new.config, "tie_word_embeddings", False))
+    missing = [m for m in missing if not ("rotary" in m or (tied and m.endswith("lm_head.weight")))]
+    if missing or unexpected:
+        raise RuntimeError(f"slicing left the state dict inconsistent: missing {missing[:3]}, unexpected {unexpected[:3]}")
+    if tied:
+        new.tie_weights()
     if getattr(model, "generation_config", None) is not None:
         new.generation_config = model.generation_config
     return new.eval()

@@ -15,8 +15,8 @@ import torch
 from torch import nn
 
 from surgery.models.adapters import DecoderAdapter
-from surgery.prune.engine import MIN_UNITS, _greedy
-from surgery.prune.units import Layout, layout, target_removals
+from surgery.prune.allocation import greedy, limits
+from surgery.prune.units import KINDS, Dist, Layout, SubKey, layout, target_removals
 
 
 class _Stats:
@@ -45,13 +45,13 @@ class _Stats:
 
 
 @torch.no_grad()
-def input_stats(adapter: DecoderAdapter, calib: torch.Tensor, batch_size: int = 8) -> dict[str, _Stats]:
+def input_stats(adapter: DecoderAdapter, lay: Layout, calib: torch.Tensor, batch_size: int = 8) -> dict[SubKey, _Stats]:
+    """Input statistics of every prunable sub-layer's output projection on the calibration windows."""
     stats, hooks = {}, []
-    for i in range(adapter.num_layers):
-        for kind, role in (("attn", "o"), ("mlp", "down")):
-            lin = adapter.proj(i, role)
-            st = stats[f"{i}.{kind}"] = _Stats(lin.in_features)
-            hooks.append(lin.register_forward_pre_hook(lambda m, a, st=st: st.add(a[0])))
+    for s in lay.sublayers:
+        lin = adapter.output_proj(s.key.layer, s.key.kind)
+        st = stats[s.key] = _Stats(lin.in_features)
+        hooks.append(lin.register_forward_pre_hook(lambda m, a, st=st: st.add(a[0])))
     try:
         for chunk in calib.split(batch_size):
             adapter.model(input_ids=chunk)
@@ -70,12 +70,12 @@ def _removed_units(scores: torch.Tensor, count: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def _mask_units(adapter: DecoderAdapter, lay: Layout, removed: dict[str, torch.Tensor],
-                stats: dict[str, _Stats] | None) -> None:
+def _mask_units(adapter: DecoderAdapter, lay: Layout, removed: dict[SubKey, torch.Tensor],
+                stats: dict[SubKey, _Stats] | None) -> None:
     """Zero the removed units' o_proj / down_proj columns; with `stats`, add FLAP's bias."""
     for s in lay.sublayers:
-        lin = adapter.proj(s.layer, "o" if s.kind == "attn" else "down")
-        cols = (removed[s.key].view(-1, 1) * s.unit_cols + torch.arange(s.unit_cols)).reshape(-1)
+        lin = adapter.output_proj(s.key.layer, s.key.kind)
+        cols = s.unit_set.output.index(removed[s.key]).to(lin.weight.device)
         if stats is not None and cols.numel():
             bias = lin.weight[:, cols].double() @ stats[s.key].mean[cols].to(lin.weight.device)
             if lin.bias is None:
@@ -85,39 +85,40 @@ def _mask_units(adapter: DecoderAdapter, lay: Layout, removed: dict[str, torch.T
         lin.weight[:, cols] = 0
 
 
-def wanda_sp(model: nn.Module, sparsity: float, calib: torch.Tensor, batch_size: int = 8) -> dict[str, int]:
-    """Uniform per-layer removal of the units with the smallest Σ|W|·‖x‖ (in place, masked)."""
+def _column_scores(model: nn.Module, sparsity: float, calib: torch.Tensor, batch_size: int, score
+                   ) -> tuple[DecoderAdapter, Layout, dict[SubKey, _Stats], Dist, dict[SubKey, torch.Tensor]]:
+    """Adapter, layout, input statistics, uniform targets and per-unit sums of `score(W, stats)`
+    (a per-column score of each output projection)."""
     adapter = DecoderAdapter(model)
     lay = layout(adapter)
-    stats = input_stats(adapter, calib, batch_size)
-    target = target_removals(lay, sparsity)
-    removed = {}
+    stats = input_stats(adapter, lay, calib, batch_size)
+    units = {}
     for s in lay.sublayers:
-        w = adapter.proj(s.layer, "o" if s.kind == "attn" else "down").weight.detach().double().cpu()
-        col = w.abs().sum(0) * stats[s.key].norm
-        removed[s.key] = _removed_units(_unit_sum(col, s.unit_cols), target[s.key])
+        w = adapter.output_proj(s.key.layer, s.key.kind).weight.detach().double().cpu()
+        units[s.key] = _unit_sum(score(w, stats[s.key]), s.unit_cols)
+    return adapter, lay, stats, target_removals(lay, sparsity), units
+
+
+def wanda_sp(model: nn.Module, sparsity: float, calib: torch.Tensor, batch_size: int = 8) -> dict[SubKey, int]:
+    """Uniform per-layer removal of the units with the smallest Σ|W|·‖x‖ (in place, masked)."""
+    adapter, lay, _, target, units = _column_scores(model, sparsity, calib, batch_size,
+                                                    lambda w, st: w.abs().sum(0) * st.norm)
+    removed = {s.key: _removed_units(units[s.key], target[s.key]) for s in lay.sublayers}
     _mask_units(adapter, lay, removed, None)
     return {k: int(v.numel()) for k, v in removed.items()}
 
 
-def flap(model: nn.Module, sparsity: float, calib: torch.Tensor, batch_size: int = 8) -> dict[str, int]:
+def flap(model: nn.Module, sparsity: float, calib: torch.Tensor, batch_size: int = 8) -> dict[SubKey, int]:
     """FLAP-style adaptive structure with bias compensation (in place, masked)."""
-    adapter = DecoderAdapter(model)
-    lay = layout(adapter)
-    stats = input_stats(adapter, calib, batch_size)
-    target = target_removals(lay, sparsity)
-    unit_scores = {}
-    for s in lay.sublayers:
-        w = adapter.proj(s.layer, "o" if s.kind == "attn" else "down").weight.detach().double().cpu()
-        col = stats[s.key].var * (w * w).sum(0)
-        u = _unit_sum(col, s.unit_cols)
-        unit_scores[s.key] = (u - u.mean()) / u.std().clamp_min(1e-12) if u.numel() > 1 else u
+    adapter, lay, stats, target, units = _column_scores(model, sparsity, calib, batch_size,
+                                                        lambda w, st: st.var * (w * w).sum(0))
+    unit_scores = {k: (u - u.mean()) / u.std().clamp_min(1e-12) if u.numel() > 1 else u for k, u in units.items()}
     counts = {}
-    for kind in ("attn", "mlp"):
+    lim = limits(lay)
+    for kind in KINDS:
         keys = [s.key for s in lay.of_kind(kind)]
-        limits = {s.key: s.units - MIN_UNITS[kind] for s in lay.of_kind(kind)}
-        counts.update(_greedy({k: unit_scores[k].sort().values for k in keys},
-                              sum(target[k] for k in keys), limits))
+        counts.update(greedy({k: unit_scores[k].sort().values for k in keys}, sum(target[k] for k in keys),
+                             {k: lim[k] for k in keys}))
     removed = {k: _removed_units(unit_scores[k], counts[k]) for k in counts}
     _mask_units(adapter, lay, removed, stats)
     return counts

@@ -1,11 +1,11 @@
-"""`prune(model, PruneConfig, calib=...)`: Týr-style global structural pruning.
+"""`prune(model, PruneConfig, calib=...)`: Týr-style global structural pruning (orchestration).
 
 Per iteration t: a supernet of `levels` candidates per sub-layer around the current centre
 distribution (FFN spacing `ffn_step`·I / 2^(t−1); one KV group for attention), built from the
-dense weights with error accumulation; then the evolutionary search for the best distribution,
-which becomes the next centre. The first centre is uniform or — by default — allocated from the
-shared scorer's structural saliency. The model ends masked with the winner (pruned columns zero);
-`PruneResult.slice()` gives the physically smaller model.
+dense weights with error accumulation; then the evolutionary search, whose winner is the next
+centre. The first centre is uniform or allocated from the shared scorer's structural saliency.
+The result is the best distribution over all iterations by fitness (every iteration is reported);
+the model ends masked with it, and `PruneResult.slice()` gives the physically smaller model.
 """
 from __future__ import annotations
 
@@ -19,17 +19,29 @@ import torch
 from torch import nn
 
 from surgery import dist
+from surgery.checkpoint import Checkpoint, fingerprint
+from surgery.config import to_dict
 from surgery.errors import SurgeryError, require
 from surgery.models.adapters import DecoderAdapter
 from surgery.models.blockwise import capture_block_inputs
+from surgery.prune.allocation import blend, limits, saliency_start
 from surgery.prune.apply import apply_masked, slice_map, slice_model
 from surgery.prune.config import PruneConfig
-from surgery.prune.search import Dist, TopKFitness, evolve
+from surgery.prune.search import Space, TopKFitness, evolve
 from surgery.prune.supernet import Supernet, build_supernet, level_set
-from surgery.prune.units import Layout, check_budget, layout, target_removals, trade_ratio
+from surgery.prune.units import (
+    KINDS,
+    MIN_UNITS,
+    UNIT_KIND,
+    Dist,
+    Layout,
+    SubKey,
+    check_budget,
+    dist_to_json,
+    layout,
+    target_removals,
+)
 from surgery.saliency import SaliencyMap, score
-
-MIN_UNITS = {"attn": 1, "mlp": 0}  # a layer keeps at least one KV group (a runnable attention)
 
 
 @dataclass
@@ -40,6 +52,7 @@ class PruneResult:
     supernet: Supernet
     adapter: DecoderAdapter
     iterations: list[dict[str, Any]] = field(default_factory=list)
+    best_iteration: int = 0
     seconds: float = 0.0
 
     @property
@@ -52,10 +65,11 @@ class PruneResult:
 
     def per_layer(self) -> list[dict[str, int]]:
         out = []
-        for s in self.layout.of_kind("attn"):
-            m = next(x for x in self.layout.of_kind("mlp") if x.layer == s.layer)
-            out.append({"layer": s.layer, "kv_groups_kept": s.units - self.distribution[s.key],
-                        "neurons_kept": m.units - self.distribution[m.key]})
+        for i in range(self.adapter.num_layers):
+            s = self.adapter.block_shape(i)
+            attn, mlp = SubKey(i, "attn"), SubKey(i, "mlp")
+            out.append({"layer": i, "kv_groups_kept": s.num_kv_heads - self.distribution.get(attn, 0),
+                        "neurons_kept": s.intermediate_size - self.distribution.get(mlp, 0)})
         return out
 
     def slice(self) -> nn.Module:
@@ -69,179 +83,127 @@ class PruneResult:
         return {"sparsity": self.config.sparsity, "achieved_sparsity": self.achieved_sparsity,
                 "removed_params": self.removed_params, "denominator": self.layout.denominator,
                 "denominator_is": "decoder-block linear weights (q,k,v,o,gate,up,down)",
-                "per_layer": self.per_layer(), "seconds": round(self.seconds, 1),
+                "width_multiple": self.config.width_multiple, "per_layer": self.per_layer(),
+                "seconds": round(self.seconds, 1), "best_iteration": self.best_iteration,
                 "iterations": [{k: v for k, v in it.items() if k != "history"} for it in self.iterations]}
 
 
-def _greedy(costs: dict[str, torch.Tensor], quota: int, limits: dict[str, int]) -> dict[str, int]:
-    """Remove `quota` units, each time the globally cheapest next unit (unit costs sorted ascending)."""
-    taken = {k: 0 for k in costs}
-    for _ in range(quota):
-        best, best_cost = None, None
-        for k, c in costs.items():
-            if taken[k] < limits[k]:
-                v = float(c[taken[k]])
-                if best_cost is None or v < best_cost:
-                    best, best_cost = k, v
-        if best is None:
-            break
-        taken[best] += 1
-    return taken
-
-
-def unit_scores(model: nn.Module, adapter: DecoderAdapter, batches: list[torch.Tensor], kind: str,
-                progress: bool, smap: SaliencyMap | None = None) -> dict[str, torch.Tensor]:
-    """Structural saliency of every unit (KV groups, neurons) from the shared scorer (or `smap`)."""
+def unit_scores(model: nn.Module, adapter: DecoderAdapter, lay: Layout, batches: list[torch.Tensor], kind: str,
+                progress: bool, smap: SaliencyMap | None = None) -> dict[SubKey, torch.Tensor]:
+    """Structural saliency of every prunable unit (KV groups, neurons) from the shared scorer."""
     if smap is None:
         smap = score(model, batches, loss="causal_lm", kind=kind, include=r"\.layers\.", progress=progress,
                      description="pruning calibration windows")
     smap.check_model(model)
-    units = smap.structural(adapter.structural_layout())
-    out = {}
-    for i in range(adapter.num_layers):
-        out[f"{i}.attn"] = units.kv_groups[i].abs()
-        out[f"{i}.mlp"] = units.neurons[i].abs()
-    return out
+    return {s.key: s.unit_set.sums(smap).abs() for s in lay.sublayers}
 
 
-def saliency_start(lay: Layout, scores: dict[str, torch.Tensor], target: dict[str, int],
-                   trade: bool) -> dict[str, int]:
-    """The first centre: the cheapest units by saliency, per type (or across types, per weight)."""
-    limits = {s.key: s.units - MIN_UNITS[s.kind] for s in lay.sublayers}
-    if not trade:
-        out = {}
-        for kind in ("attn", "mlp"):
-            keys = [s.key for s in lay.of_kind(kind)]
-            out.update(_greedy({k: scores[k].sort().values for k in keys},
-                               sum(target[k] for k in keys), limits))
-        return out
-    ratio = trade_ratio(lay)  # a KV group weighs `ratio` neurons: cost per neuron-equivalent
-    costs = {}
-    for s in lay.sublayers:
-        c = scores[s.key].sort().values
-        costs[s.key] = c / ratio if s.kind == "attn" else c
-    budget = sum(target[s.key] * (ratio if s.kind == "attn" else 1) for s in lay.sublayers)
-    out = {k: 0 for k in costs}
-    spent = 0
-    while spent < budget:
-        room = {k: costs[k] for k in costs if out[k] < limits[k] and
-                (ratio if k.endswith("attn") else 1) <= budget - spent}
-        if not room:
-            break
-        k = min(room, key=lambda key: float(costs[key][out[key]]))
-        out[k] += 1
-        spent += ratio if k.endswith("attn") else 1
-    require(spent == budget, "cannot spend the budget exactly when trading attention for FFN")
-    return out
+def _check_feasible(lay: Layout, target: Dist, sparsity: float) -> None:
+    lim = limits(lay)
+    for kind in KINDS:
+        subs = lay.of_kind(kind)
+        want, room = sum(target[s.key] for s in subs), sum(lim[s.key] for s in subs)
+        if want > room:
+            raise SurgeryError(f"sparsity {sparsity} cannot be met: {kind} would need {want} units removed, at most "
+                               f"{room} can go (every layer keeps one KV group)")
 
 
-def blend(lay: Layout, uniform: dict[str, int], salient: dict[str, int], strength: float) -> dict[str, int]:
-    """uniform + strength·(salient − uniform), rounded, with each type's total equal to the
-    salient allocation's (largest remainders get the leftover units)."""
-    out = {}
-    for kind in ("attn", "mlp"):
-        keys = [s.key for s in lay.of_kind(kind)]
-        exact = {k: uniform[k] + strength * (salient[k] - uniform[k]) for k in keys}
-        floor = {k: int(exact[k]) for k in keys}
-        left = sum(salient[k] for k in keys) - sum(floor.values())
-        for k in sorted(keys, key=lambda k: (floor[k] - exact[k], k))[:left]:
-            floor[k] += 1
-        out.update(floor)
-    return out
+def _start(lay: Layout, cfg: PruneConfig, target: Dist, scores: dict[SubKey, torch.Tensor] | None) -> Dist:
+    if cfg.start != "saliency" and not cfg.trade_budget:
+        return dict(target)
+    strength = cfg.start_strength if cfg.start == "saliency" else 1.0
+    return blend(lay, target, saliency_start(lay, scores, target, cfg.trade_budget), strength)
 
 
-def prune(model: nn.Module, config: PruneConfig, calib: torch.Tensor | None,
-          search_calib: torch.Tensor | None = None, progress: bool = True,
-          on_iteration: Callable[[int, PruneResult], None] | None = None,
-          saliency: SaliencyMap | None = None) -> PruneResult:
+def _space(lay: Layout, centres: Dist, cfg: PruneConfig, t: int) -> Space:
+    """Iteration t's levels: one KV group for attention, ffn_step·I / 2^t neurons (whole steps)."""
+    mlp = lay.of_kind("mlp")
+    steps = {"attn": max(s.step for s in lay.of_kind("attn")) if lay.of_kind("attn") else 1}
+    if mlp:
+        unit = mlp[0].step
+        steps["mlp"] = max(unit, (max(1, round(cfg.ffn_step * mlp[0].units)) >> t) // unit * unit)
+    levels = {s.key: level_set(centres[s.key], steps[s.key.kind], cfg.levels, s.units, MIN_UNITS[s.key.kind])
+              for s in lay.sublayers}
+    return Space(levels, steps)
+
+
+def _saliency_cost(net: Supernet, scores: dict[SubKey, torch.Tensor]) -> Callable[[Dist], float]:
+    def cost(d: Dist) -> float:
+        total = 0.0
+        for k, r in d.items():
+            gone = torch.ones(scores[k].numel(), dtype=torch.bool)
+            gone[net.kept(k, r)] = False
+            total += float(scores[k][gone].sum())
+        return total
+    return cost
+
+
+def prune(model: nn.Module, config: PruneConfig, calib: torch.Tensor | None, search_calib: torch.Tensor | None = None,
+          *, saliency: SaliencyMap | None = None, resume_dir: str | None = None, progress: bool = True,
+          on_iteration: Callable[[int, PruneResult], None] | None = None) -> PruneResult:
     """Prune `model` (in place, masked) and return the result; `result.slice()` is the small model.
 
     Args:
         calib: calibration windows `[n, T]` for the local solver (and the saliency start).
-        search_calib: windows for the search fitness (default: `calib`).
+        search_calib: windows for the search fitness (default: `calib`); the first
+            `config.search_samples` are used.
+        saliency: a map of this model for the saliency start and pre-screening instead of scoring
+            `calib` with `saliency_kind` (e.g. one map shared by a recipe's stages).
+        resume_dir: checkpoint supernet blocks and search generations there.
         on_iteration: called after each iteration with the model masked by that iteration's best.
-        saliency: a map of this model to use for the saliency start and pre-screening instead of
-            scoring `calib` with `saliency_kind` (e.g. one map shared by a recipe's stages).
     """
     t0 = time.time()
     cfg = config
+    require(calib is not None and calib.numel() > 0, "empty calibration data: pruning needs calibration windows")
     adapter = DecoderAdapter(model)
     model.eval()
-    lay = layout(adapter)
+    lay = layout(adapter, cfg.width_multiple)
     target = target_removals(lay, cfg.sparsity)
-    for kind in ("attn", "mlp"):
-        subs = lay.of_kind(kind)
-        room = sum(s.units - MIN_UNITS[kind] for s in subs)
-        want = sum(target[s.key] for s in subs)
-        if want > room:
-            raise SurgeryError(f"sparsity {cfg.sparsity} cannot be met: {kind} would need {want} units "
-                               f"removed, at most {room} can go (every layer keeps one KV group)")
-    if calib is None or calib.numel() == 0:
-        raise SurgeryError("empty calibration data: pruning needs calibration windows")
+    _check_feasible(lay, target, cfg.sparsity)
     batches = list(calib.split(cfg.batch_size))
-    search_windows = calib if search_calib is None else search_calib
-    dense_o = {i: adapter.proj(i, "o").weight.detach().clone() for i in range(adapter.num_layers)}
-    dense_d = {i: adapter.proj(i, "down").weight.detach().clone() for i in range(adapter.num_layers)}
-    fitness = TopKFitness(model, search_windows, cfg.top_k, cfg.batch_size)
-    scores = None
-    if cfg.start == "saliency" or cfg.prescreen < 1.0 or cfg.trade_budget:
-        scores = unit_scores(model, adapter, batches, cfg.saliency_kind, progress, saliency)
-    centres = dict(target)
-    if cfg.start == "saliency" or cfg.trade_budget:
-        centres = blend(lay, target, saliency_start(lay, scores, target, cfg.trade_budget),
-                        cfg.start_strength if cfg.start == "saliency" else 1.0)
+    search_windows = (calib if search_calib is None else search_calib)[: cfg.search_samples]
+    require(search_windows.shape[0] >= cfg.search.stage_windows[-1],
+            f"the search needs {cfg.search.stage_windows[-1]} fitness windows, got {search_windows.shape[0]}")
+    dense = {s.key: adapter.output_proj(s.key.layer, s.key.kind).weight.detach().clone() for s in lay.sublayers}
+    fp = fingerprint(model, [calib, search_windows], to_dict(cfg),
+                     saliency=saliency.metadata if saliency is not None else None)
+    fitness = TopKFitness(model, search_windows, cfg.search.top_k, cfg.batch_size)
+    scores = unit_scores(model, adapter, lay, batches, cfg.saliency_kind, progress, saliency) if cfg.uses_saliency else None
+    centres = _start(lay, cfg, target, scores)
     inputs = capture_block_inputs(adapter, dist.shard_rows(batches))  # data-parallel: this rank's rows
-    mlp_units = lay.of_kind("mlp")[0].units
-    base_step = max(1, round(cfg.ffn_step * mlp_units))
-    resume = Path(cfg.resume_dir) if cfg.resume_dir else None
     result = PruneResult(cfg, lay, centres, Supernet(), adapter)
+    best: tuple[float, Dist, Supernet] | None = None
     for t in range(max(1, cfg.iterations)):
         it0 = time.time()
-        steps = {"attn": 1, "mlp": max(1, base_step >> t)}
-        subs = {s.key: s for s in lay.sublayers}
-        levels = {k: level_set(centres[k], steps[s.kind], cfg.levels, s.units, MIN_UNITS[s.kind])
-                  for k, s in subs.items()}
+        space = _space(lay, centres, cfg, t)
         with torch.no_grad():  # every supernet starts from the dense weights
-            for i in range(adapter.num_layers):
-                adapter.proj(i, "o").weight.copy_(dense_o[i])
-                adapter.proj(i, "down").weight.copy_(dense_d[i])
-        fp = cfg.fingerprint(t, centres)
-        folder = None
-        if resume is not None:
-            folder = resume / f"iteration_{t}"
-            folder.mkdir(parents=True, exist_ok=True)
-        net = build_supernet(adapter, lay, levels, centres, inputs, cfg.accumulation, cfg.damp,
-                             cfg.solver_rounds, (folder, fp) if folder else None, progress)
-        result.supernet = net
-
-        def apply(d: Dist, net: Supernet = net) -> None:
-            apply_masked(adapter, net, d)
-
-        def cost(d: Dist, net: Supernet = net) -> float:
-            total = 0.0
-            for k, r in d.items():
-                kept = net.kept(k, r)
-                mask = torch.ones(scores[k].numel(), dtype=torch.bool)
-                mask[kept] = False
-                total += float(scores[k][mask].sum())
-            return total
-
-        if cfg.iterations == 0 or cfg.generations == 0:
+            for key, w in dense.items():
+                adapter.output_proj(key.layer, key.kind).weight.copy_(w)
+        folder = Path(resume_dir) / f"iteration_{t}" if resume_dir else None
+        it_fp = fingerprint(config={"base": fp, "iteration": t, "centres": dist_to_json(centres)})
+        net = build_supernet(adapter, lay, space.levels, centres, inputs, cfg.accumulation, cfg.damp,
+                             cfg.solver_rounds, Checkpoint(folder / "supernet", it_fp, "supernet") if folder else None,
+                             progress)
+        apply = (lambda d, net=net: apply_masked(adapter, net, d))
+        if cfg.iterations == 0 or cfg.search.generations == 0:
             apply(centres)
-            best, history = dict(centres), [{"generation": 0, "fitness": fitness(model, cfg.stage_plan()[-1])}]
+            winner, history = dict(centres), [{"generation": 0, "fitness": fitness(model, cfg.search.stage_windows[-1])}]
         else:
-            best, history = evolve(model, apply, centres, levels, steps, fitness, cfg.offspring,
-                                   cfg.generations, cfg.survivor_plan(), cfg.stage_plan(), cfg.seed + t,
-                                   cost if scores is not None else None, cfg.prescreen,
-                                   folder / "search.json" if folder else None, progress)
-        achieved = check_budget(lay, best, cfg.sparsity)
-        result.iterations.append({"iteration": t + 1, "ffn_step": steps["mlp"], "distribution": best,
-                                  "fitness": history[-1]["fitness"], "achieved_sparsity": achieved,
-                                  "seconds": round(time.time() - it0, 1), "history": history})
-        centres = best
-        result.distribution = best
+            winner, history = evolve(model, apply, centres, space, fitness, cfg.search, cfg.seed + t,
+                                     _saliency_cost(net, scores) if scores is not None else None,
+                                     Checkpoint(folder / "search", it_fp, "search") if folder else None, progress)
+        fit = history[-1]["fitness"]
+        result.iterations.append({"iteration": t + 1, "ffn_step": space.steps.get("mlp"),
+                                  "distribution": dist_to_json(winner), "fitness": fit,
+                                  "achieved_sparsity": check_budget(lay, winner), "seconds": round(time.time() - it0, 1),
+                                  "history": history})
+        if best is None or fit < best[0]:  # NaN never wins
+            best, result.best_iteration = (fit, winner, net), t + 1
+        result.distribution, result.supernet = winner, net
         if on_iteration is not None:
             on_iteration(t + 1, result)
-    result.distribution = centres
+        centres = winner
+    result.distribution, result.supernet = best[1], best[2]
+    apply_masked(adapter, best[2], best[1])
     result.seconds = time.time() - t0
     return result

@@ -14,18 +14,17 @@ import math
 import random
 import time
 from collections.abc import Callable
-from pathlib import Path
+from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
 from surgery import dist
-from surgery.errors import require
-from surgery.io import atomic_path
-
-Dist = dict[str, int]
+from surgery.checkpoint import Checkpoint
+from surgery.evaluate.lm import dense_topk, kl_terms
+from surgery.prune.config import SearchConfig
+from surgery.prune.units import Dist, SubKey, dist_from_json, dist_to_json
 
 
 class TopKFitness:
@@ -43,10 +42,9 @@ class TopKFitness:
         self.windows = windows[self.rank::self.world].to(device)
         with torch.no_grad():
             for chunk in self.windows.split(batch_size):
-                logits = dense(input_ids=chunk).logits[:, :-1].float()
-                top = logits.topk(min(top_k, logits.shape[-1]), dim=-1)
-                self.ids.append(top.indices)
-                self.logp.append(F.log_softmax(top.values, dim=-1))
+                ids, logp = dense_topk(dense(input_ids=chunk).logits[:, :-1], top_k)
+                self.ids.append(ids)
+                self.logp.append(logp)
 
     @torch.no_grad()
     def __call__(self, model: nn.Module, n_windows: int) -> float:
@@ -57,16 +55,11 @@ class TopKFitness:
             if seen >= mine:
                 break
             chunk = chunk[: mine - seen]
-            logits = model(input_ids=chunk).logits[:, :-1].float()
-            ids, logp = self.ids[j][: chunk.shape[0]], self.logp[j][: chunk.shape[0]]
-            logq = F.log_softmax(logits.gather(-1, ids), dim=-1)
-            kl = (logp.exp() * (logp - logq)).sum(-1)
+            ids = None if self.ids[j] is None else self.ids[j][: chunk.shape[0]]
+            kl = kl_terms(ids, self.logp[j][: chunk.shape[0]], model(input_ids=chunk).logits[:, :-1])
             sums[0] += float(kl.double().sum())
             sums[1] += kl.numel()
             seen += chunk.shape[0]
-        return self._reduce(sums)
-
-    def _reduce(self, sums: torch.Tensor) -> float:
         if dist.is_distributed():
             on = sums.to(self.windows.device)
             dist.all_reduce_sum_(on)
@@ -74,25 +67,32 @@ class TopKFitness:
         return float(sums[0] / sums[1])
 
 
+@dataclass
+class Space:
+    """The searchable levels of each sub-layer and the step of each type."""
+
+    levels: dict[SubKey, list[int]]
+    steps: dict[str, int]
+
+
 def _key(d: Dist) -> str:
-    return json.dumps(d, sort_keys=True)
+    return json.dumps(dist_to_json(d))
 
 
-def mutate(parent: Dist, levels: dict[str, list[int]], steps: dict[str, int], rng: random.Random,
-           max_tries: int = 100) -> Dist | None:
+def mutate(parent: Dist, space: Space, rng: random.Random, max_tries: int = 100) -> Dist | None:
     """The parent with k level switches (same type), or None if no legal switch was found."""
     child = dict(parent)
     k = min(rng.randint(1, 4), rng.randint(1, 4))
-    kinds = sorted({key.split(".")[1] for key in levels})
+    kinds = sorted({key.kind for key in space.levels})
     done = 0
     for _ in range(max_tries):
         if done == k:
             break
         kind = rng.choice(kinds)
-        keys = [key for key in levels if key.endswith("." + kind)]
-        step = steps[kind]
-        ups = [key for key in keys if child[key] + step in levels[key]]
-        downs = [key for key in keys if child[key] - step in levels[key]]
+        keys = [key for key in space.levels if key.kind == kind]
+        step = space.steps[kind]
+        ups = [key for key in keys if child[key] + step in space.levels[key]]
+        downs = [key for key in keys if child[key] - step in space.levels[key]]
         pairs = [(a, b) for a in ups for b in downs if a != b]
         if not pairs:
             continue
@@ -103,49 +103,45 @@ def mutate(parent: Dist, levels: dict[str, list[int]], steps: dict[str, int], rn
     return child if done else None
 
 
-def evolve(model: nn.Module, apply: Callable[[Dist], None], parent: Dist, levels: dict[str, list[int]],
-           steps: dict[str, int], fitness: TopKFitness, offspring: int, generations: int,
-           survivors: list[int], stage_windows: list[int], seed: int,
-           cost: Callable[[Dist], float] | None = None, prescreen: float = 1.0,
-           state_file: Path | None = None, progress: bool = False) -> tuple[Dist, list[dict]]:
+def evolve(model: nn.Module, apply: Callable[[Dist], None], parent: Dist, space: Space, fitness: TopKFitness,
+           cfg: SearchConfig, seed: int, cost: Callable[[Dist], float] | None = None,
+           ckpt: Checkpoint | None = None, progress: bool = False) -> tuple[Dist, list[dict]]:
     """Run the search from `parent`; return the best distribution and a per-generation history."""
-    require(len(survivors) == len(stage_windows) - 1, "survivors needs one entry fewer than stage_windows")
     rng = random.Random(seed)
     history: list[dict] = []
     start = 0
-    final_n = stage_windows[-1]
-    if state_file is not None and state_file.exists():
-        st = json.loads(state_file.read_text())
-        parent, start, history = st["parent"], st["generation"], st["history"]
+    final_n = cfg.stage_windows[-1]
+    if ckpt is not None and ckpt.resuming:
+        st = ckpt.state()
+        parent, start, history = dist_from_json(st["parent"]), st["done"] + 1, st["history"]
         rng.setstate((st["rng"][0], tuple(st["rng"][1]), st["rng"][2]))
     apply(parent)
     parent_fit = fitness(model, final_n)
     if not history:
         history.append({"generation": 0, "fitness": parent_fit, "seconds": 0.0, "evaluated": 1})
-    for gen in tqdm(range(start, generations), desc="search", disable=not progress, leave=False):
+    for gen in tqdm(range(start, cfg.generations), desc="search", disable=not progress, leave=False):
         t0 = time.time()
         seen = {_key(parent)}
         children: list[Dist] = []
         tries = 0
-        while len(children) < offspring and tries < 20 * offspring:
+        while len(children) < cfg.offspring and tries < 20 * cfg.offspring:
             tries += 1
-            child = mutate(parent, levels, steps, rng)
+            child = mutate(parent, space, rng)
             if child is not None and _key(child) not in seen:
                 seen.add(_key(child))
                 children.append(child)
-        if cost is not None and prescreen < 1.0 and children:
-            keep = max(1, math.ceil(prescreen * len(children)))
-            children = sorted(children, key=cost)[:keep]
+        if cost is not None and cfg.prescreen < 1.0 and children:
+            children = sorted(children, key=cost)[:max(1, math.ceil(cfg.prescreen * len(children)))]
         evaluated = 0
         pool = children
-        for stage, n_windows in enumerate(stage_windows[:-1]):
+        for stage, n_windows in enumerate(cfg.stage_windows[:-1]):
             scored = []
             for child in pool:
                 apply(child)
                 scored.append((fitness(model, n_windows), _key(child), child))
                 evaluated += 1
             scored.sort(key=lambda t: (t[0], t[1]))
-            pool = [c for _, _, c in scored[: survivors[stage]]]
+            pool = [c for _, _, c in scored[: cfg.survivors[stage]]]
         best, best_fit = parent, parent_fit
         for child in pool:
             apply(child)
@@ -156,10 +152,9 @@ def evolve(model: nn.Module, apply: Callable[[Dist], None], parent: Dist, levels
         parent, parent_fit = best, best_fit
         history.append({"generation": gen + 1, "fitness": parent_fit, "seconds": time.time() - t0,
                         "evaluated": evaluated})
-        if state_file is not None and dist.is_main():  # every rank holds the same state
+        if ckpt is not None:  # every rank holds the same state
             state = rng.getstate()
-            with atomic_path(state_file) as tmp:
-                tmp.write_text(json.dumps({"parent": parent, "generation": gen + 1, "history": history,
-                                           "rng": [state[0], list(state[1]), state[2]]}))
+            ckpt.commit(gen, state={"parent": dist_to_json(parent), "history": history,
+                                    "rng": [state[0], list(state[1]), state[2]]})
     apply(parent)
     return parent, history

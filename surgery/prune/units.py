@@ -1,31 +1,62 @@
 """Structural units and the parameter budget.
 
-Attention units are KV groups — one KV head with all its query heads — so that a KV head only
-goes with all its query heads and every layer keeps a standard GQA layout (query heads = KV heads
-× group size). FFN units are neurons. The budget's denominator is stated once: the weights of the
-decoder-block linear layers (q, k, v, o, gate, up, down), biases excluded.
+Attention units are KV groups — one KV head with all its query heads — so that a KV head only goes
+with all its query heads and every layer keeps a standard GQA layout. FFN units are neurons. The
+budget's denominator is stated once: the weights of the decoder-block linear layers (q, k, v, o,
+gate, up, down; experts included), biases excluded. With `width_multiple` M, removals move in
+steps that keep every sliced width (o_proj / down_proj input columns) a multiple of M.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from typing import Literal, NamedTuple
 
 from surgery.errors import SurgeryError, require
 from surgery.models.adapters import DecoderAdapter
+from surgery.saliency.structural import UnitSet
+
+Kind = Literal["attn", "mlp"]
+KINDS: tuple[Kind, ...] = ("attn", "mlp")
+MIN_UNITS = {"attn": 1, "mlp": 0}  # a layer keeps at least one KV group (a runnable attention)
+UNIT_KIND = {"attn": "kv_groups", "mlp": "neurons"}
+
+
+class SubKey(NamedTuple):
+    """One prunable sub-layer: block `layer`, `kind` attn | mlp."""
+
+    layer: int
+    kind: Kind
+
+    def __str__(self) -> str:
+        return f"{self.layer}.{self.kind}"
+
+    @classmethod
+    def parse(cls, text: str) -> SubKey:
+        layer, kind = text.split(".")
+        require(kind in KINDS, f"bad sub-layer key {text!r}")
+        return cls(int(layer), kind)  # type: ignore[arg-type]
+
+
+Dist = dict[SubKey, int]  # sub-layer → units removed
+
+
+def dist_to_json(d: Dist) -> dict[str, int]:
+    return {str(k): int(v) for k, v in sorted(d.items())}
+
+
+def dist_from_json(d: dict[str, int]) -> Dist:
+    return {SubKey.parse(k): int(v) for k, v in d.items()}
 
 
 @dataclass(frozen=True)
 class Sublayer:
-    """One prunable sub-layer: block `layer`, `kind` attn | mlp."""
-
-    layer: int
-    kind: str
+    key: SubKey
     units: int  # KV groups or neurons
     unit_cols: int  # input columns of o_proj / down_proj per unit
     unit_params: int  # weights a unit owns across its projections
-
-    @property
-    def key(self) -> str:
-        return f"{self.layer}.{self.kind}"
+    step: int  # removals move in multiples of this (width_multiple)
+    unit_set: UnitSet
 
 
 @dataclass
@@ -33,49 +64,65 @@ class Layout:
     sublayers: list[Sublayer]
     denominator: int  # decoder-block linear weights
 
-    def of_kind(self, kind: str) -> list[Sublayer]:
-        return [s for s in self.sublayers if s.kind == kind]
+    def of_kind(self, kind: Kind) -> list[Sublayer]:
+        return [s for s in self.sublayers if s.key.kind == kind]
 
-    def removed_params(self, removed: dict[str, int]) -> int:
+    def get(self, key: SubKey) -> Sublayer:
+        return next(s for s in self.sublayers if s.key == key)
+
+    def removed_params(self, removed: Dist) -> int:
         return sum(s.unit_params * removed[s.key] for s in self.sublayers)
 
 
-def layout(adapter: DecoderAdapter) -> Layout:
+def layout(adapter: DecoderAdapter, width_multiple: int = 1) -> Layout:
+    """Prunable sub-layers of the model; sub-layers that cannot be pruned (MoE blocks, OLMo-2
+    attention) are left out and keep their width."""
+    shapes = {n: tuple(p.shape) for n, p in adapter.model.named_parameters()}
     subs = []
-    hidden = adapter.config.hidden_size
     for i in range(adapter.num_layers):
-        shape = adapter.block_shape(i)
-        g = shape.num_heads // shape.num_kv_heads
-        d = shape.head_dim
-        subs.append(Sublayer(i, "attn", shape.num_kv_heads, g * d, (2 * g * d + 2 * d) * hidden))
-        subs.append(Sublayer(i, "mlp", shape.intermediate_size, 1, 3 * hidden))
+        blk = adapter.layout(i)
+        for kind in KINDS:
+            us = blk.units[UNIT_KIND[kind]]
+            if not us.prunable or us.count == 0:
+                continue
+            cols = us.output.width
+            step = width_multiple // math.gcd(width_multiple, cols)
+            if us.count % step:
+                raise SurgeryError(f"width_multiple {width_multiple}: layer {i}'s {us.kind} ({us.count} units of "
+                                   f"{cols} columns) cannot keep a multiple of {width_multiple} columns")
+            subs.append(Sublayer(SubKey(i, kind), us.count, cols, us.params_per_unit(shapes), step, us))
+    require(bool(subs), f"nothing to prune in this {adapter.model_type} model")
     return Layout(subs, adapter.block_linear_params())
 
 
-def target_removals(lay: Layout, sparsity: float) -> dict[str, int]:
-    """Units to remove per type so each type sits at `sparsity` of its own weights (rounded to
-    whole units, spread uniformly; the remainder goes to the first sub-layers)."""
-    out = {}
-    for kind in ("attn", "mlp"):
+def target_removals(lay: Layout, sparsity: float) -> Dist:
+    """Units to remove per type so each type sits at `sparsity` of its own weights (whole steps,
+    spread uniformly; the remainder goes to the first sub-layers)."""
+    out: Dist = {}
+    for kind in KINDS:
         subs = lay.of_kind(kind)
-        total_units = sum(s.units for s in subs)
-        want = round(sparsity * total_units)
+        if not subs:
+            continue
+        step = max(s.step for s in subs)
+        steps_total = sum(s.units for s in subs) // step
+        want = round(sparsity * steps_total)
         base, extra = divmod(want, len(subs))
         for j, s in enumerate(subs):
-            out[s.key] = min(s.units, base + (1 if j < extra else 0))
+            out[s.key] = min(s.units, (base + (1 if j < extra else 0)) * step)
     return out
 
 
 def trade_ratio(lay: Layout) -> int:
     """Neurons that weigh exactly one KV group; an error if no exact trade exists."""
-    attn, mlp = lay.of_kind("attn")[0], lay.of_kind("mlp")[0]
-    if attn.unit_params % mlp.unit_params:
+    attn, mlp = lay.of_kind("attn"), lay.of_kind("mlp")
+    require(bool(attn) and bool(mlp), "trade_budget needs both attention and FFN sub-layers to prune")
+    if attn[0].unit_params % mlp[0].unit_params:
         raise SurgeryError(f"attention and FFN cannot trade budget exactly: a KV group owns "
-                           f"{attn.unit_params} weights, a neuron {mlp.unit_params}")
-    return attn.unit_params // mlp.unit_params
+                           f"{attn[0].unit_params} weights, a neuron {mlp[0].unit_params}")
+    return attn[0].unit_params // mlp[0].unit_params
 
 
-def check_budget(lay: Layout, removed: dict[str, int], sparsity: float) -> float:
+def check_budget(lay: Layout, removed: Dist) -> float:
     """Achieved sparsity of a distribution (it must leave every unit count in range)."""
     for s in lay.sublayers:
         require(0 <= removed[s.key] <= s.units, f"sub-layer {s.key}: {removed[s.key]} of {s.units} units")

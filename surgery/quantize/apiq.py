@@ -8,21 +8,18 @@ run at all (the loss does not depend on its output).
 """
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from surgery import dist
 from surgery.models.blockwise import BlockInputs, block_forward
-from surgery.quantize.config import STAGES, QuantConfig
+from surgery.quantize.config import STAGES, ApiQConfig
 from surgery.quantize.lora import QuantLoRALinear
 
 
 def train_block(block: nn.Module, layers: dict[str, QuantLoRALinear], inputs: BlockInputs,
-                targets: list[torch.Tensor], cfg: QuantConfig, lam: float, seed: int,
-                on_step: Callable[[], None] | None = None) -> dict[str, float]:
+                targets: list[torch.Tensor], cfg: ApiQConfig, lam: float, seed: int) -> dict[str, float]:
     """Train the block's LWC and LoRA parameters in place; returns the last losses per stage."""
     lwc = [p for q in layers.values() for p in q.lwc_parameters()]
     lora = [p for q in layers.values() for p in q.lora_parameters()]
@@ -48,13 +45,11 @@ def train_block(block: nn.Module, layers: dict[str, QuantLoRALinear], inputs: Bl
                     loss = loss + a * mse
                     history[f"{stage}_mse"] = float(mse.detach())
                 if lam_s:
-                    reg = sum(q.regulariser(cfg.reg_target == "after_lora") for q in layers.values())
+                    reg = sum(q.regulariser(cfg.saliency.target == "after_lora") for q in layers.values())
                     loss = loss + lam_s * reg
                     history[f"{stage}_reg"] = float(reg.detach())
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 dist.average_grads_(lwc + lora)  # data-parallel: the global batch's gradient
                 opt.step()
-                if on_step is not None:
-                    on_step()
     return history

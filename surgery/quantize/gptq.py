@@ -13,7 +13,8 @@ from __future__ import annotations
 import torch
 
 from surgery.errors import SurgeryError
-from surgery.quantize.quantizer import QParams, grouped, qparams
+from surgery.export.grid import codes, dequantize, grouped
+from surgery.quantize.quantizer import QParams, qparams
 
 
 class HessianAccumulator:
@@ -30,11 +31,6 @@ class HessianAccumulator:
         self.n += m
         x = x * (2.0 / self.n) ** 0.5
         self.H.addmm_(x.t(), x)
-
-
-def _grid(w_col: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, bits: int) -> torch.Tensor:
-    q = (torch.round(w_col / scale) + zero).clamp(0, 2**bits - 1)
-    return (q - zero) * scale
 
 
 def gptq_quantize(W: torch.Tensor, H: torch.Tensor, bits: int, group_size: int, damp: float = 0.01,
@@ -83,7 +79,7 @@ def gptq_quantize(W: torch.Tensor, H: torch.Tensor, bits: int, group_size: int, 
                 qp = qparams(W1[:, i : i + group_size], bits, group_size)
                 scale[:, g], zero[:, g] = qp.scale[:, 0], qp.zero[:, 0]
             w = W1[:, i]
-            q = _grid(w, scale[:, g], zero[:, g], bits)
+            q = dequantize(codes(w, scale[:, g], zero[:, g], bits), scale[:, g], zero[:, g])
             Q1[:, i] = q
             err = (w - q) / Hinv1[i, i]
             W1[:, i:] -= err.unsqueeze(1) @ Hinv1[i, i:].unsqueeze(0)

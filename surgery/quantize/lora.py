@@ -70,17 +70,25 @@ class QuantLoRALinear(nn.Module):
         return [self.lora_A, self.lora_B] if self.rank else []
 
     @torch.no_grad()
-    def finalize(self) -> tuple[nn.Linear, QParams]:
-        """The trained layer as a plain (or LoRA) linear with on-grid weights, and its grid."""
+    def finalize(self, merge: bool = False) -> tuple[nn.Linear, QParams]:
+        """The trained layer as a plain (or LoRA) linear with on-grid weights, and its grid.
+
+        With `merge`, the LoRA delta is added to Q(W) and the sum is rounded back onto the same
+        grid: a plain linear, no adapter.
+        """
         qp = qparams(self.weight, self.bits, self.group_size, self.gamma, self.beta)
         w = fake_quant(self.weight, self.bits, self.group_size, qp=qp)
+        keep_lora = self.rank > 0 and not merge
+        if self.rank and merge:
+            w = fake_quant(w + self.scaling * (self.lora_B @ self.lora_A), self.bits, self.group_size, qp=qp)
+        like = {"device": w.device, "dtype": w.dtype}
         layer = LoRALinear(self.in_features, self.out_features, self.bias is not None, self.rank,
-                           self.scaling, device=w.device, dtype=w.dtype) if self.rank else \
-            nn.Linear(self.in_features, self.out_features, self.bias is not None, device=w.device, dtype=w.dtype)
+                           self.scaling, **like) if keep_lora else \
+            nn.Linear(self.in_features, self.out_features, self.bias is not None, **like)
         layer.weight.copy_(w)
         if self.bias is not None:
             layer.bias.copy_(self.bias)
-        if self.rank:
+        if keep_lora:
             layer.lora_A.copy_(self.lora_A)
             layer.lora_B.copy_(self.lora_B)
         return layer, QParams(qp.scale.detach(), qp.zero.detach())

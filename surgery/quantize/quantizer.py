@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from surgery.errors import require
+from surgery.export.grid import codes, dequantize_groups, grouped, qmax
 
 BITS = (2, 3, 4, 8)
 LWC_INIT = 4.0
@@ -37,12 +38,6 @@ def round_ste(x: torch.Tensor) -> torch.Tensor:
     return (x.round() - x).detach() + x
 
 
-def grouped(w: torch.Tensor, group_size: int) -> torch.Tensor:
-    """[out, in] → [out, in/group, group]."""
-    out, inp = w.shape
-    return w.reshape(out, inp // group_size, group_size)
-
-
 @dataclass
 class QParams:
     """Per-(row, group) scale (float) and zero point (integer-valued float), shapes [out, in/group]."""
@@ -62,8 +57,8 @@ def qparams(w: torch.Tensor, bits: int, group_size: int, gamma: torch.Tensor | N
         xmin = torch.sigmoid(beta) * xmin
     xmax = xmax.clamp(min=0)
     xmin = xmin.clamp(max=0)
-    scale = ((xmax - xmin) / (2**bits - 1)).clamp(SCALE_MIN, SCALE_MAX)
-    zero = round_ste(-xmin / scale).clamp(0, 2**bits - 1)
+    scale = ((xmax - xmin) / qmax(bits)).clamp(SCALE_MIN, SCALE_MAX)
+    zero = round_ste(-xmin / scale).clamp(0, qmax(bits))
     return QParams(scale, zero)
 
 
@@ -71,24 +66,15 @@ def fake_quant(w: torch.Tensor, bits: int, group_size: int, gamma: torch.Tensor 
                beta: torch.Tensor | None = None, qp: QParams | None = None) -> torch.Tensor:
     """Q(w): quantize and dequantize in w's dtype; differentiable in w, γ, β (STE)."""
     qp = qp or qparams(w, bits, group_size, gamma, beta)
-    g = grouped(w, group_size)
-    scale, zero = qp.scale.unsqueeze(-1), qp.zero.unsqueeze(-1)
-    q = (round_ste(g / scale) + zero).clamp(0, 2**bits - 1)
-    return ((q - zero) * scale).reshape(w.shape)
+    q = codes(grouped(w, group_size), qp.scale.unsqueeze(-1), qp.zero.unsqueeze(-1), bits, round_ste)
+    return dequantize_groups(q.reshape(w.shape), qp.scale, qp.zero)
 
 
 @torch.no_grad()
 def quantize_int(w: torch.Tensor, bits: int, group_size: int, qp: QParams) -> torch.Tensor:
     """Integer codes q ∈ [0, 2^b − 1] (int32, shaped like w) on the grid `qp`."""
-    g = grouped(w, group_size)
-    q = (torch.round(g / qp.scale.unsqueeze(-1)) + qp.zero.unsqueeze(-1)).clamp(0, 2**bits - 1)
+    q = codes(grouped(w, group_size), qp.scale.unsqueeze(-1), qp.zero.unsqueeze(-1), bits)
     return q.reshape(w.shape).to(torch.int32)
-
-
-def dequantize(q: torch.Tensor, qp: QParams, group_size: int) -> torch.Tensor:
-    """(q − zp)·scale, the exact grid value (fp32 arithmetic as compressed-tensors does it)."""
-    g = grouped(q.to(qp.scale.dtype), group_size)
-    return ((g - qp.zero.unsqueeze(-1)) * qp.scale.unsqueeze(-1)).reshape(q.shape)
 
 
 def sqnr_db(reference: torch.Tensor, approx: torch.Tensor) -> float:

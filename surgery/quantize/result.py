@@ -1,6 +1,7 @@
 """What a quantization run leaves: each layer's grid (bits, group size, scale, zero point)."""
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,6 +25,14 @@ class LayerQuant:
     @property
     def qparams(self) -> QParams:
         return QParams(self.scale, self.zero)
+
+    @property
+    def per_channel(self) -> bool:
+        return self.scale.shape[1] == 1
+
+    @property
+    def scheme(self) -> str:
+        return f"W{self.bits} " + ("per-channel" if self.per_channel else f"g{self.group_size}")
 
     def codes(self, weight: torch.Tensor) -> torch.Tensor:
         """Integer codes of an on-grid weight (exact: the weight is (q − zero)·scale)."""
@@ -55,6 +64,22 @@ class QuantResult:
             total += groups * lq.group_size * lq.bits + groups * (scale_bits + lq.bits)
         return total
 
+    def schemes(self) -> dict[str, int]:
+        """Layers per scheme as applied, e.g. {"W4 g128": 25, "W4 per-channel": 10}."""
+        return dict(Counter(lq.scheme for lq in self.layers.values()).most_common())
+
+    @property
+    def label(self) -> str:
+        """The method and the schemes as applied: "gptq W4 g128; W4 per-channel: 10 of 35 layers"."""
+        counts = self.schemes()
+        if not counts:
+            return f"{self.config.method} (no layer)"
+        main = next(iter(counts))
+        name = self.config.label.split(" W")[0]
+        rest = "; ".join(f"{k}: {v} of {len(self.layers)} layers" for k, v in list(counts.items())[1:])
+        return f"{name} {main}" + (f"; {rest}" if rest else "")
+
     def summary(self) -> dict[str, Any]:
-        return {"label": self.config.label, "layers": len(self.layers),
-                "quantized_weights": self.quantized_weights(), "seconds": round(self.seconds, 2)}
+        return {"label": self.label, "requested": self.config.label, "layers": len(self.layers),
+                "schemes": self.schemes(), "quantized_weights": self.quantized_weights(),
+                "seconds": round(self.seconds, 2)}

@@ -1,52 +1,181 @@
 """`surgery run RECIPE --model PATH --output DIR`: run a recipe's stages, write one output folder.
 
-The folder (written atomically; an existing one is kept unless `overwrite`) holds the model
-(compressed-tensors when quantized, plain safetensors otherwise), the resolved `recipe.yaml`, a
-model card `README.md`, `metrics.json` and `versions.json`. Long stages checkpoint into
-`<output>.partial/`, so a killed run resumes there.
+Everything a run needs is checked before the model loads: the recipe, the output folder, every
+stage's data. The folder (written atomically; an existing one only replaced with `overwrite` and
+only if it is a previous surgery output) holds the model (compressed-tensors when quantized,
+safetensors otherwise, remote code for heterogeneous widths), the resolved `recipe.yaml`, a model
+card `README.md`, `metrics.json` and `versions.json`. Long stages checkpoint into
+`.<output>.partial/`, so a killed run resumes there; `overwrite` (or a run of another model or
+data, which the checkpoints detect) starts afresh.
 """
 from __future__ import annotations
 
 import copy
-import dataclasses
-import json
-import os
 import shutil
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from surgery import dist
+from surgery.data.sources import read_text
 from surgery.data.windows import calib_windows, eval_windows, tokenize
-from surgery.errors import SurgeryError, require
+from surgery.errors import require
 from surgery.evaluate import compare
+from surgery.export.card import model_card, versions
 from surgery.evaluate.cost import size_on_disk
-from surgery.io import atomic_dir
-from surgery.models.io import load_model, save_model
-from surgery.recipe.card import dump_recipe, model_card, versions
+from surgery.export.folders import check_output_folder, write_code, write_marker
+from surgery.io import atomic_dir, dumps_json
+from surgery.log import note
+from surgery.models.io import load_model, write_model
 from surgery.recipe.maps import SharedMaps
-from surgery.recipe.schema import Recipe, parse
+from surgery.recipe.schema import Recipe, Stage, parse
+from surgery.reference import resolve_model
 
 
-def _load(source: str, data_dir: str | None, progress: bool) -> tuple[torch.nn.Module, Any, str]:
-    if Path(source).exists() or os.sep in source or source.startswith("."):
-        model, tok = load_model(source)
-        return model.eval(), tok, str(source)
-    from surgery.reference import REFERENCES, load_reference
+@dataclass
+class RunState:
+    """What the stages have done so far."""
 
-    if source not in REFERENCES:
-        raise SurgeryError(f"model folder not found: {source} (and not a reference model: "
-                           f"{', '.join(REFERENCES)})")
-    model, tok, path = load_reference(source, data_dir, progress=progress)
-    return model.eval(), tok, str(path)
+    net: torch.nn.Module
+    tok: Any
+    data_dir: str | None
+    partial: Path
+    progress: bool
+    quant: Any = None
+    quant_export: dict[str, Any] | None = None
+    pruned: Any = None
+    unlearned: dict[str, Any] | None = None
+    writers: list = field(default_factory=list)
+    shared: SharedMaps = field(default_factory=SharedMaps)
+    metrics: dict[str, Any] = field(default_factory=lambda: {"stages": []})
+    texts: dict[str, str] = field(default_factory=dict)
+
+    def ids(self, source: str) -> torch.Tensor:
+        require(self.tok is not None, "the model has no tokenizer; cannot read text")
+        if source not in self.texts:
+            self.texts[source] = read_text(source, self.data_dir)
+        return tokenize(self.tok, self.texts[source])
+
+    @property
+    def label(self) -> str:
+        parts = []
+        if self.unlearned:
+            parts.append(f"unlearned ({self.unlearned['method']}{', SalUn mask' if self.unlearned.get('masked') else ''})")
+        if self.pruned is not None:
+            parts.append(f"pruned {100 * self.pruned.achieved_sparsity:.1f}%")
+        if self.quant is not None:
+            parts.append(self.quant.label)
+        return " + ".join(parts) or "unchanged"
 
 
-def _text(source: str, data_dir: str | None) -> str:
-    from surgery.cli.common import read_text
+def _prune(st: RunState, stage: Stage, recipe: Recipe) -> None:
+    from surgery.prune import prune
 
-    return read_text(source, "test", data_dir)
+    cfg, calib = stage.config, stage.calibration(recipe.calibration)
+    ids = st.ids(calib.data)
+    windows = calib_windows(ids, calib.nsamples, calib.seqlen, calib.seed)
+    search = calib_windows(ids, cfg.search_samples, calib.seqlen, calib.seed + 1)
+    smap = None
+    if cfg.uses_saliency:
+        desc = f"{calib.data} ({calib.nsamples} windows of {calib.seqlen}, seed {calib.seed})"
+        smap = st.shared.get(st.net, cfg.saliency_kind, windows, 1, desc, stage.name, progress=st.progress)
+    result = prune(st.net, cfg, windows, search, saliency=smap, resume_dir=str(st.partial / stage.name),
+                   progress=st.progress)
+    st.net = result.slice()
+    st.shared.after_prune(result)
+    st.pruned = result
+    st.metrics["stages"].append({"stage": stage.name, "modifier": stage.modifier, **result.summary()})
+
+
+def _quant(st: RunState, stage: Stage, recipe: Recipe) -> None:
+    from surgery.quantize import quantize
+    from surgery.quantize.engine import fisher_windows
+
+    cfg, calib = stage.config, stage.calibration(recipe.calibration)
+    windows = None
+    if cfg.method != "rtn":
+        windows = calib_windows(st.ids(calib.data), calib.nsamples, calib.seqlen, calib.seed)
+    fisher = None
+    plan = fisher_windows(cfg, windows, calib.batch_size) if windows is not None else None
+    if plan is not None:
+        desc = f"{calib.data} ({calib.nsamples} windows of {calib.seqlen}, seed {calib.seed})"
+        fisher = st.shared.get(st.net, "fisher", plan[0], plan[1], desc, stage.name, progress=st.progress)
+    st.quant = quantize(st.net, cfg, calib=windows, fisher=fisher, batch_size=calib.batch_size,
+                        resume_dir=str(st.partial / stage.name), progress=st.progress)
+    st.shared.drop()
+    st.metrics["stages"].append({"stage": stage.name, "modifier": stage.modifier, **st.quant.summary(),
+                                 "lora_params": st.quant.lora_params(st.net)})
+
+
+def _eval(st: RunState, stage: Stage, dense: torch.nn.Module) -> None:
+    ev = stage.spec
+    t0 = time.time()
+    sets = {d: eval_windows(st.ids(d), ev.seqlen, ev.max_windows) for d in ev.data}
+    reports = [compare.evaluate_lm(dense, sets, "dense", speed=ev.speed, batch_size=ev.batch_size),
+               compare.evaluate_lm(st.net, sets, st.label, dense=dense, speed=ev.speed, batch_size=ev.batch_size)]
+    st.metrics["comparison"] = compare.to_json(reports)
+    st.metrics["table"] = compare.to_markdown(reports)
+    st.metrics["stages"].append({"stage": stage.name, "seconds": round(time.time() - t0, 2)})
+
+
+def _unlearn(st: RunState, stage: Stage) -> None:
+    from surgery.recipe import unlearn_stage
+
+    st.unlearned, writers = unlearn_stage.run(st.net, st.tok, stage, lambda src: read_text(src, st.data_dir),
+                                              st.data_dir, st.progress)
+    st.writers.extend(writers)
+    st.metrics["stages"].append(st.unlearned)
+    st.shared.drop()
+
+
+def run_recipe(recipe_path: str, output: str, model: str | None = None, overrides: list[str] | None = None,
+               overwrite: bool = False, data_dir: str | None = None, progress: bool = False) -> dict[str, Any]:
+    """Run every stage of the recipe in order; return the metrics written to metrics.json."""
+    recipe = parse(recipe_path, overrides)
+    out = check_output_folder(output, overwrite)
+    source = model or recipe.model
+    require(source is not None, "no model: pass --model or set `model:` in the recipe")
+    recipe.check_inputs(data_dir)
+    partial = out.with_name(f".{out.name}.partial")
+    if overwrite and partial.exists() and dist.is_main():
+        note(f"--overwrite: clearing the checkpoints of an earlier run in {partial}")
+        shutil.rmtree(partial, ignore_errors=True)
+    dist.barrier()
+    base_path = resolve_model(source, data_dir, progress=progress)
+    net, tok = load_model(base_path)
+    dense = copy.deepcopy(net)
+    st = RunState(net, tok, data_dir, partial, progress)
+    t0 = time.time()
+    for stage in recipe.stages:
+        if stage.kind == "unlearn":
+            _unlearn(st, stage)
+        elif stage.kind == "prune":
+            _prune(st, stage, recipe)
+        elif stage.kind == "quant":
+            _quant(st, stage, recipe)
+        else:
+            _eval(st, stage, dense)
+    st.metrics["seconds"] = round(time.time() - t0, 2)
+    st.metrics["saliency_maps"] = st.shared.log
+    if dist.is_main():  # data-parallel: every rank computed the same model; one writes it
+        _write(out, overwrite, st, dense, recipe, source, str(base_path))
+        shutil.rmtree(partial, ignore_errors=True)
+    dist.barrier()
+    return st.metrics
+
+
+def _data_line(recipe: Recipe, st: RunState) -> str:
+    parts = []
+    if st.unlearned:
+        d = next(s.spec.data for s in recipe.stages if s.kind == "unlearn")
+        parts.append("forget set " + ", ".join(f"{k}={v}" for k, v in vars(d).items() if v is not None))
+    if st.pruned is not None or st.quant is not None:
+        c = recipe.calibration
+        parts.append(f"calibration {c.data} ({c.nsamples} × {c.seqlen} tokens, seed {c.seed})")
+    return "; ".join(parts) or "none"
 
 
 def _unlearn_table(m: dict[str, Any] | None) -> str:
@@ -59,147 +188,29 @@ def _unlearn_table(m: dict[str, Any] | None) -> str:
     return "\n".join(rows) + f"\n\nRTE {m['rte_seconds']} s (mask {m['mask_seconds']} s)."
 
 
-def _data_line(recipe: Recipe, unlearned: dict[str, Any] | None, calibrated: Any) -> str:
-    parts = []
-    if unlearned:
-        d = next(st.config["data"] for st in recipe.stages if st.kind == "unlearn")
-        parts.append("forget set " + ", ".join(f"{k}={v}" for k, v in d.items()))
-    if calibrated:
-        c = recipe.calibration
-        parts.append(f"calibration {c.data} ({c.nsamples} × {c.seqlen} tokens, seed {c.seed})")
-    return "; ".join(parts) or "none"
-
-
-def _label(pruned: Any, quant: Any, unlearned: dict[str, Any] | None = None) -> str:
-    parts = []
-    if unlearned:
-        parts.append(f"unlearned ({unlearned['method']}{', SalUn mask' if unlearned.get('masked') else ''})")
-    if pruned is not None:
-        parts.append(f"pruned {100 * pruned.achieved_sparsity:.1f}%")
-    if quant is not None:
-        parts.append(quant.config.label)
-    return " + ".join(parts) or "unchanged"
-
-
-def _check_output(output: Path, overwrite: bool) -> None:
-    if output.exists() and not overwrite:
-        raise SurgeryError(f"output folder exists: {output} (pass --overwrite to replace it)")
-    parent = output.resolve().parent
-    probe = parent
-    while not probe.exists():
-        probe = probe.parent
-    require(probe.is_dir() and os.access(probe, os.W_OK), f"output folder is not writable: {parent}")
-
-
-def run_recipe(recipe_path: str, output: str, model: str | None = None, overrides: list[str] | None = None,
-               overwrite: bool = False, data_dir: str | None = None, progress: bool = False) -> dict[str, Any]:
-    """Run every stage of the recipe in order; return the metrics written to metrics.json."""
-    recipe: Recipe = parse(recipe_path, overrides)
-    out = Path(output)
-    _check_output(out, overwrite)
-    source = model or recipe.model
-    require(source is not None, "no model: pass --model or set `model:` in the recipe")
-    net, tok, base_path = _load(source, data_dir, progress)
-    dense = copy.deepcopy(net)
-    partial = out.with_name(f".{out.name}.partial")
-    metrics: dict[str, Any] = {"stages": []}
-    quant = None
-    pruned = None
-    unlearned = None
-    extra_writers: list = []
-    calib = None
-    shared = SharedMaps()
-    calib_desc = (f"{recipe.calibration.data} ({recipe.calibration.nsamples} windows of "
-                  f"{recipe.calibration.seqlen}, seed {recipe.calibration.seed})")
-    t0 = time.time()
-    for stage in recipe.stages:
-        st = time.time()
-        if stage.kind == "unlearn":
-            from surgery.recipe import unlearn_stage
-
-            unlearned, writers = unlearn_stage.run(net, tok, stage, lambda src: _text(src, data_dir), data_dir,
-                                                  progress)
-            extra_writers.extend(writers)
-            metrics["stages"].append(unlearned)
-            shared.drop()
-        elif stage.kind == "prune":
-            from surgery.prune import prune
-
-            require(tok is not None, "the model has no tokenizer; cannot read calibration text")
-            ids = tokenize(tok, _text(recipe.calibration.data, data_dir))
-            cfg = dataclasses.replace(stage.config, resume_dir=str(partial / stage.name))
-            windows = calib_windows(ids, cfg.nsamples, cfg.seqlen, cfg.seed)
-            search = calib_windows(ids, cfg.search_samples, cfg.seqlen, cfg.seed + 1)
-            smap = None
-            if cfg.start == "saliency" or cfg.prescreen < 1.0 or cfg.trade_budget:
-                data = (f"{recipe.calibration.data} ({cfg.nsamples} windows of {cfg.seqlen}, seed {cfg.seed})")
-                smap = shared.get(net, cfg.saliency_kind, windows, data, stage.name, progress)
-            result = prune(net, cfg, windows, search, progress=progress, saliency=smap)
-            net = result.slice()
-            shared.after_prune(result)
-            pruned = result
-            metrics["stages"].append({"stage": stage.name, "modifier": stage.modifier, **result.summary()})
-        elif stage.kind == "quant":
-            from surgery.quantize import quantize
-
-            if calib is None and stage.config.method != "rtn":
-                require(tok is not None, "the model has no tokenizer; cannot read calibration text")
-                ids = tokenize(tok, _text(recipe.calibration.data, data_dir))
-                calib = calib_windows(ids, recipe.calibration.nsamples, recipe.calibration.seqlen,
-                                      recipe.calibration.seed)
-            cfg = dataclasses.replace(stage.config, resume_dir=str(partial / stage.name))
-            fisher = None
-            if cfg.method == "apiq" and cfg.saliency_lambda > 0 and cfg.fisher_batch_size == 1 \
-                    and cfg.fisher_samples in (None, calib.shape[0]):
-                fisher = shared.get(net, "fisher", calib, calib_desc, stage.name, progress)
-            quant = quantize(net, cfg, calib=calib, fisher=fisher, progress=progress)
-            shared.drop()
-            metrics["stages"].append({"stage": stage.name, "modifier": stage.modifier,
-                                      **quant.summary(), "lora_params": quant.lora_params(net)})
-        elif stage.kind == "eval":
-            ev = stage.config
-            require(tok is not None, "the model has no tokenizer; cannot read evaluation text")
-            sets = {d: eval_windows(tokenize(tok, _text(d, data_dir)), ev.seqlen, ev.max_windows) for d in ev.data}
-            reports = [compare.evaluate_lm(dense, sets, "dense", speed=ev.speed),
-                       compare.evaluate_lm(net, sets, _label(pruned, quant, unlearned), dense=dense, speed=ev.speed)]
-            metrics["comparison"] = compare.to_json(reports)
-            metrics["table"] = compare.to_markdown(reports)
-            metrics["stages"].append({"stage": stage.name, "seconds": round(time.time() - st, 2)})
-    metrics["seconds"] = round(time.time() - t0, 2)
-    metrics["saliency_maps"] = shared.log
-    if dist.is_main():  # data-parallel: every rank computed the same model; one writes it
-        _write(out, overwrite, net, quant, pruned, unlearned, tok, dense, metrics, extra_writers, recipe, base_path)
-        shutil.rmtree(partial, ignore_errors=True)
-    dist.barrier()
-    return metrics
-
-
-def _write(out: Path, overwrite: bool, net, quant, pruned, unlearned, tok, dense, metrics: dict[str, Any],
-           extra_writers: list, recipe: Recipe, base_path) -> None:
+def _write(out: Path, overwrite: bool, st: RunState, dense: torch.nn.Module, recipe: Recipe, source: str,
+           base_path: str) -> None:
     """The output folder, atomically: model, recipe.yaml, metrics.json, versions.json, README.md."""
-    recipe_text = dump_recipe(recipe.raw)
     with atomic_dir(out, overwrite=overwrite) as tmp:
-        model_dir = tmp / "_model"
-        if quant is not None:
-            from surgery.quantize.export import export
+        if st.quant is not None:
+            from surgery.quantize.export import write_quantized
 
-            export(net, quant, model_dir, tokenizer=tok)
+            st.quant_export = write_quantized(st.net, st.quant, tmp, tokenizer=st.tok)
         else:
-            save_model(net, model_dir, tokenizer=tok)
-        metrics["disk_bytes"] = {"dense_fp": sum(p.numel() * p.element_size() for p in dense.parameters()),
-                                 "result": size_on_disk(model_dir)}
-        for f in model_dir.iterdir():
-            f.rename(tmp / f.name)
-        model_dir.rmdir()
-        for write in extra_writers:
+            write_model(st.net, tmp, tokenizer=st.tok)
+            write_code(getattr(st.net, "config", None), tmp)
+        st.metrics["disk_bytes"] = {"dense_fp": sum(p.numel() * p.element_size() for p in dense.parameters()),
+                                    "result": size_on_disk(tmp)}
+        for write in st.writers:
             write(tmp)
+        recipe_text = recipe.dump(model=source)
         (tmp / "recipe.yaml").write_text(recipe_text)
-        (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str) + "\n")
-        (tmp / "versions.json").write_text(json.dumps(versions(), indent=2) + "\n")
-        tags = (["unlearning"] if unlearned else []) + (["pruned"] if pruned else []) + \
-            (["quantized"] if quant else [])
+        (tmp / "metrics.json").write_text(dumps_json(st.metrics))
+        (tmp / "versions.json").write_text(dumps_json(versions()))
+        write_marker(tmp, "recipe", label=st.label, base_model=base_path)
+        tags = (["unlearning"] if st.unlearned else []) + (["pruned"] if st.pruned else []) + \
+            (["quantized"] if st.quant else [])
         (tmp / "README.md").write_text(model_card(
-            base_path, "quantized" if quant else "finetune", tags,
-            _label(pruned, quant, unlearned),
-            _data_line(recipe, unlearned, pruned or quant),
-            metrics.get("table") or _unlearn_table(unlearned) or "(no eval_stage)", recipe_text))
+            tmp, base_path, "quantized" if st.quant else "finetune", tags, st.label, _data_line(recipe, st),
+            st.metrics.get("table") or _unlearn_table(st.unlearned) or "(no eval_stage)", recipe_text,
+            quant=st.quant_export, name=out.name))

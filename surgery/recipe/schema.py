@@ -1,292 +1,306 @@
-"""Recipe YAML: parsed strictly, every error names the file, the line and the key.
+"""Recipe YAML: validated against the engines' own config classes, before any model loads.
 
-    model: shakespeare-lm            # a reference name or a model folder (--model overrides)
+    model: shakespeare-lm            # a reference name, a model folder or a Hub id (--model overrides)
     calibration:                     # shared by every stage that calibrates or scores
       data: shakespeare:train
       nsamples: 128
       seqlen: 256
-      seed: 0
     quant_stage:
       quant_modifiers:
         GPTQModifier: {num_bits: 4, group_size: 128, targets: [Linear], ignore: [lm_head]}
     eval_stage:
       data: [shakespeare:test, wikitext2]
-      seqlen: 256
 
-Stages run in file order. A stage holds one `*_modifiers` group whose keys are modifier names
-(llm-compressor's layout); each modifier's options map 1:1 onto the engine's config dataclass.
+Stages run in file order. A stage holds one `*_modifiers` group whose single key is a modifier
+name (llm-compressor's layout) and whose options are exactly the fields of that modifier's config
+class (`GPTQConfig`, `PruneConfig`, ...): one source of truth for names, types, ranges and
+defaults. Every error names the file, the line and the key.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
-from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, ClassVar, Literal
 
 import yaml
+from pydantic import Field, Strict, ValidationError
 
-from surgery.errors import SurgeryError
+from surgery.config import Bool, Int, PosInt, Str, config_class, describe, to_dict, validate
+from surgery.data.sources import parse_source
+from surgery.errors import SurgeryError, require
 from surgery.prune.config import PruneConfig
-from surgery.quantize.config import QuantConfig
+from surgery.quantize.config import ApiQConfig, GPTQConfig, RTNConfig
+from surgery.recipe import yaml_lines
 from surgery.unlearn.config import UnlearnConfig
 
-QUANT_MODIFIERS = {"RTNModifier": "rtn", "GPTQModifier": "gptq", "ApiQModifier": "apiq"}
-PRUNE_MODIFIERS = {"TyrPruningModifier"}
-UNLEARN_MODIFIERS = {"SalUnModifier": "salun", "UnlearnModifier": None}
-UNLEARN_DATA_KEYS = {"images": str, "forget_class": int, "forget_fraction": float, "split_seed": int,
-                     "forget": str, "retain": str, "seqlen": int, "max_windows": int, "retain_per_forget": int}
-TOP_KEYS = {"model", "calibration", "unlearn_stage", "prune_stage", "quant_stage", "eval_stage"}
-CALIB_KEYS = {"data": str, "nsamples": int, "seqlen": int, "seed": int, "batch_size": int}
-EVAL_KEYS = {"data": list, "seqlen": int, "max_windows": int, "speed": bool}
+SeqLen = Annotated[int, Strict(), Field(ge=2)]
+Fraction = Annotated[float, Strict(), Field(gt=0, lt=1)]
 
 
-@dataclass
+@config_class
 class Calibration:
-    data: str = "embedded:train"
-    nsamples: int = 128
-    seqlen: int = 256
-    seed: int = 0
-    batch_size: int = 8
+    """Calibration windows: `nsamples` random windows of `seqlen` tokens of `data`, batched."""
+
+    data: Str = "embedded:train"
+    nsamples: PosInt = 128
+    seqlen: SeqLen = 256
+    seed: Int = 0
+    batch_size: PosInt = 8
+
+    def __post_init__(self) -> None:
+        src = parse_source(self.data)
+        require(src.split != "test", f"calibration data {self.data!r} is a test split: calibrate on training text")
 
 
-@dataclass
+@config_class
+class CalibrationPatch:
+    """A stage's changes to the recipe's calibration (unset fields inherit)."""
+
+    data: Str | None = None
+    nsamples: PosInt | None = None
+    seqlen: SeqLen | None = None
+    seed: Int | None = None
+    batch_size: PosInt | None = None
+
+    def over(self, base: Calibration) -> Calibration:
+        return dataclasses.replace(base, **{k: v for k, v in dataclasses.asdict(self).items() if v is not None})
+
+
+@config_class
 class EvalStage:
-    data: list[str] = field(default_factory=lambda: ["embedded:test"])
-    seqlen: int = 256
-    max_windows: int | None = None
-    speed: bool = True
+    """Perplexity on each text (GPTQ protocol), KL to dense, size and speed — dense vs result."""
+
+    kind: ClassVar[str] = "eval"
+    data: Annotated[list[Str], Field(min_length=1)] = dataclasses.field(default_factory=lambda: ["embedded:test"])
+    seqlen: SeqLen = 256
+    max_windows: PosInt | None = None
+    batch_size: PosInt = 8
+    speed: Bool = True
+
+    def __post_init__(self) -> None:
+        for d in self.data:
+            parse_source(d)
 
 
-@dataclass
+@config_class
+class QuantModifiers:
+    RTNModifier: RTNConfig | None = None
+    GPTQModifier: GPTQConfig | None = None
+    ApiQModifier: ApiQConfig | None = None
+
+
+@config_class
+class QuantStage:
+    kind: ClassVar[str] = "quant"
+    quant_modifiers: QuantModifiers
+    calibration: CalibrationPatch | None = None
+
+
+@config_class
+class PruneModifiers:
+    TyrPruningModifier: PruneConfig
+
+
+@config_class
+class PruneStage:
+    kind: ClassVar[str] = "prune"
+    prune_modifiers: PruneModifiers
+    calibration: CalibrationPatch | None = None
+
+
+@config_class
+class UnlearnData:
+    """What to forget: an image class or a random share (`images`), or a text (`forget`, with a
+    `retain` text) for a language model."""
+
+    images: Literal["cifar10", "mnist", "digits"] | None = None
+    forget_class: Annotated[int, Strict(), Field(ge=0)] | None = None
+    forget_fraction: Fraction | None = None
+    split_seed: Int = 0
+    forget: Str | None = None
+    retain: Str | None = None
+    seqlen: SeqLen = 256
+    max_windows: PosInt | None = None
+    retain_per_forget: PosInt = 1
+
+    def __post_init__(self) -> None:
+        if self.images is not None:
+            require((self.forget_class is None) != (self.forget_fraction is None),
+                    "unlearn_stage.data needs exactly one of forget_class, forget_fraction")
+            require(self.forget is None and self.retain is None, "images and forget/retain texts do not mix")
+        else:
+            require(self.forget is not None and self.retain is not None,
+                    "unlearn_stage.data needs images (a classifier) or forget and retain texts (a language model)")
+            parse_source(self.forget)
+            parse_source(self.retain)
+
+
+@config_class
+class UnlearnModifiers:
+    SalUnModifier: UnlearnConfig | None = None
+    UnlearnModifier: UnlearnConfig | None = None
+
+
+@config_class
+class UnlearnStage:
+    kind: ClassVar[str] = "unlearn"
+    data: UnlearnData
+    unlearn_modifiers: UnlearnModifiers
+
+
+STAGES: dict[str, type] = {"unlearn_stage": UnlearnStage, "prune_stage": PruneStage, "quant_stage": QuantStage,
+                           "eval_stage": EvalStage}
+TOP = ("model", "calibration")
+GROUPS = {"quant_stage": "quant_modifiers", "prune_stage": "prune_modifiers", "unlearn_stage": "unlearn_modifiers"}
+
+
+@dataclasses.dataclass
 class Stage:
     name: str  # the YAML key, e.g. quant_stage
     kind: str  # unlearn | prune | quant | eval
+    spec: Any  # the validated stage
     modifier: str | None = None
-    config: Any = None
+    config: Any = None  # the modifier's config (None for eval)
+
+    def calibration(self, base: Calibration) -> Calibration:
+        patch = getattr(self.spec, "calibration", None)
+        return patch.over(base) if patch is not None else base
 
 
-@dataclass
+@dataclasses.dataclass
 class Recipe:
     path: str
     model: str | None
     calibration: Calibration
     stages: list[Stage]
-    raw: dict[str, Any]
+
+    def resolved(self, model: str | None = None) -> dict[str, Any]:
+        """The recipe with every default filled and overrides applied (what was run)."""
+        out: dict[str, Any] = {"model": model or self.model, "calibration": to_dict(self.calibration)}
+        for st in self.stages:
+            d = {k: v for k, v in to_dict(st.spec).items() if v is not None}
+            if st.modifier is not None:
+                cfg = to_dict(st.config)
+                if st.modifier == "SalUnModifier":
+                    cfg.pop("method")
+                d[GROUPS[st.name]] = {st.modifier: cfg}
+            out[st.name] = d
+        return out
+
+    def dump(self, model: str | None = None) -> str:
+        return yaml.safe_dump(self.resolved(model), sort_keys=False)
+
+    def sources(self) -> list[str]:
+        """Every text source the recipe reads (checked before the first stage)."""
+        out = [self.calibration.data] if any(s.kind in ("quant", "prune") for s in self.stages) else []
+        for st in self.stages:
+            if st.kind in ("quant", "prune"):
+                out.append(st.calibration(self.calibration).data)
+            elif st.kind == "eval":
+                out += st.spec.data
+            elif st.kind == "unlearn" and st.spec.data.forget is not None:
+                out += [st.spec.data.forget, st.spec.data.retain]
+        return list(dict.fromkeys(out))
+
+    def check_inputs(self, data_dir: str | os.PathLike | None) -> None:
+        """Every stage's data exists (files, the data folder) — before any model loads."""
+        for src in self.sources():
+            parse_source(src).check(data_dir)
+        for st in self.stages:
+            if st.kind == "unlearn" and st.spec.data.images in ("cifar10", "mnist"):
+                from surgery.data.text import data_dir as find
+
+                find(data_dir)
 
 
-class _Loader(yaml.SafeLoader):
-    """Keeps each mapping key's line number."""
+def _allowed(cls: Any, loc: tuple[Any, ...]) -> list[str]:
+    """Field names of the config class found at `loc` inside `cls` (for unknown-key errors)."""
+    import typing
+
+    for part in loc:
+        hints = typing.get_type_hints(cls)
+        if not isinstance(part, str) or part not in hints:
+            return []
+        t = hints[part]
+        args = [a for a in typing.get_args(t) if dataclasses.is_dataclass(a)]
+        cls = args[0] if args else t
+        if not dataclasses.is_dataclass(cls):
+            return []
+    return [f.name for f in dataclasses.fields(cls)]
 
 
-def _construct_mapping(loader: _Loader, node: yaml.MappingNode, deep: bool = False) -> dict:
-    mapping = {}
-    lines = {}
-    for key_node, value_node in node.value:
-        key = loader.construct_object(key_node, deep=deep)
-        if key in mapping:
-            raise SurgeryError(f"{loader.name}:{key_node.start_mark.line + 1}: duplicate key {key!r}")
-        mapping[key] = loader.construct_object(value_node, deep=True)
-        lines[key] = key_node.start_mark.line + 1
-    mapping["__lines__"] = lines
-    return mapping
+def _modifier(stage: Any, name: str) -> tuple[str, Any]:
+    group = getattr(stage, GROUPS[name])
+    chosen = [(f.name, getattr(group, f.name)) for f in dataclasses.fields(group) if getattr(group, f.name) is not None]
+    require(len(chosen) == 1, f"{name}.{GROUPS[name]} holds exactly one modifier, got "
+            f"{', '.join(n for n, _ in chosen) or 'none'}")
+    return chosen[0]
 
 
-_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+def _stage(name: str, node: Any) -> Stage:
+    cls = STAGES[name]
+    require(isinstance(node, dict), f"{name} must be a mapping")
+    spec = validate(cls, node)
+    if cls is EvalStage:
+        return Stage(name, "eval", spec)
+    modifier, cfg = _modifier(spec, name)
+    if modifier == "SalUnModifier":
+        require("method" not in node[GROUPS[name]][modifier], "SalUnModifier sets the method itself; remove 'method'")
+        cfg = dataclasses.replace(cfg, method="salun")
+    return Stage(name, cls.kind, spec, modifier, cfg)
 
 
-def _strip(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {k: _strip(v) for k, v in obj.items() if k != "__lines__"}
-    if isinstance(obj, list):
-        return [_strip(v) for v in obj]
-    return obj
-
-
-class _Ctx:
-    def __init__(self, path: str) -> None:
-        self.path = path
-
-    def fail(self, node: dict, key: str | None, message: str) -> SurgeryError:
-        line = node.get("__lines__", {}).get(key, "?") if isinstance(node, dict) else "?"
-        return SurgeryError(f"{self.path}:{line}: {message}")
-
-    def mapping(self, node: Any, where: str, parent: dict, key: str) -> dict:
-        if not isinstance(node, dict):
-            raise self.fail(parent, key, f"{where} must be a mapping, got {type(node).__name__}")
-        return node
-
-    def check_keys(self, node: dict, allowed: set[str], where: str) -> None:
-        for k in node:
-            if k != "__lines__" and k not in allowed:
-                raise self.fail(node, k, f"unknown key {k!r} in {where}; allowed: {sorted(allowed)}")
-
-    def typed(self, node: dict, key: str, typ: type, where: str) -> Any:
-        value = node[key]
-        ok = isinstance(value, typ) and not (typ is int and isinstance(value, bool))
-        if typ is float:
-            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-        if not ok:
-            raise self.fail(node, key, f"{where}.{key} must be {typ.__name__}, got {type(value).__name__} "
-                                       f"({value!r})")
-        return value
-
-
-def _accepts(annotation: str, value: Any) -> bool:
-    """Whether `value` fits a (string) annotation such as `int`, `float`, `str | None`, `list[str]`."""
-    options = [a.strip() for a in annotation.split("|")]
-    for opt in options:
-        if opt == "None" and value is None:
-            return True
-        if opt == "bool" and isinstance(value, bool):
-            return True
-        if opt == "int" and isinstance(value, int) and not isinstance(value, bool):
-            return True
-        if opt == "float" and isinstance(value, (int, float)) and not isinstance(value, bool):
-            return True
-        if opt == "str" and isinstance(value, str):
-            return True
-        if opt.startswith("list") and isinstance(value, list):
-            return True
-        if opt == "Any":
-            return True
-    return False
-
-
-def _dataclass_options(ctx: _Ctx, node: dict, cls: type, where: str) -> dict[str, Any]:
-    """Check a modifier's options against the config dataclass's fields and their types."""
-    types = {f.name: str(f.type) for f in fields(cls)}
-    out = {}
-    for key, value in node.items():
-        if key == "__lines__":
-            continue
-        if key not in types:
-            raise ctx.fail(node, key, f"unknown option {key!r} for {where}; allowed: {sorted(types)}")
-        if not _accepts(types[key], value):
-            raise ctx.fail(node, key, f"{where}.{key} must be {types[key]}, got {type(value).__name__} "
-                                      f"({value!r})")
-        out[key] = _strip(value)
-    return out
+def apply_override(data: dict[str, Any], lines: dict, item: str) -> None:
+    """`--set quant_stage.quant_modifiers.GPTQModifier.num_bits=3`: sections must exist, the leaf
+    may be new; the value is YAML."""
+    require("=" in item, f"--set expects KEY=VALUE, got {item!r}")
+    dotted, _, raw = item.partition("=")
+    parts = dotted.split(".")
+    require(all(parts), f"--set {dotted}: empty key part")
+    node = data
+    for part in parts[:-1]:
+        require(isinstance(node, dict) and part in node, f"--set {dotted}: no section {part!r} in the recipe")
+        node = node[part]
+    require(isinstance(node, dict), f"--set {dotted}: {parts[-2]!r} is not a section")
+    node[parts[-1]] = yaml_lines.value(raw, f"--set {dotted}")
+    lines[tuple(parts)] = "--set"
 
 
 def parse(path: str | os.PathLike, overrides: list[str] | None = None) -> Recipe:
     """Read and validate a recipe; `overrides` are `section.key=value` strings (YAML values)."""
     p = Path(path)
-    if not p.is_file():
-        raise SurgeryError(f"recipe not found: {p}")
+    require(p.is_file(), f"recipe not found: {p}")
     try:
-        data = yaml.load(p.read_text(), Loader=type("L", (_Loader,), {"name": str(p)}))
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f"{p}:{mark.line + 1}" if mark else str(p)
-        raise SurgeryError(f"{where}: invalid YAML: {getattr(e, 'problem', e)}") from None
-    ctx = _Ctx(str(p))
-    if not isinstance(data, dict):
-        raise SurgeryError(f"{p}:1: a recipe must be a mapping of sections")
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise SurgeryError(f"{p} is not UTF-8 text") from None
+    data, lines = yaml_lines.load(text, str(p))
+    require(isinstance(data, dict), f"{p}:1: a recipe must be a mapping of sections")
     for item in overrides or []:
-        _apply_override(ctx, data, item)
-    ctx.check_keys(data, TOP_KEYS, "the recipe")
-    model = ctx.typed(data, "model", str, "recipe") if "model" in data else None
-    calib = Calibration()
-    if "calibration" in data:
-        node = ctx.mapping(data["calibration"], "calibration", data, "calibration")
-        ctx.check_keys(node, set(CALIB_KEYS), "calibration")
-        for k, t in CALIB_KEYS.items():
-            if k in node:
-                setattr(calib, k, ctx.typed(node, k, t, "calibration"))
-    stages = []
-    for key in data:
-        if key in ("__lines__", "model", "calibration"):
-            continue
-        node = ctx.mapping(data[key], key, data, key)
-        if key == "eval_stage":
-            ctx.check_keys(node, set(EVAL_KEYS), "eval_stage")
-            ev = EvalStage()
-            for k, t in EVAL_KEYS.items():
-                if k in node:
-                    setattr(ev, k, ctx.typed(node, k, t, "eval_stage"))
-            stages.append(Stage(key, "eval", config=ev))
-        elif key == "unlearn_stage":
-            ctx.check_keys(node, {"data", "unlearn_modifiers"}, key)
-            if "data" not in node:
-                raise ctx.fail(data, key, "unlearn_stage needs a data section (what to forget)")
-            dnode = ctx.mapping(node["data"], "unlearn_stage.data", node, "data")
-            ctx.check_keys(dnode, set(UNLEARN_DATA_KEYS), "unlearn_stage.data")
-            udata = {k: ctx.typed(dnode, k, t, "unlearn_stage.data") for k, t in UNLEARN_DATA_KEYS.items()
-                     if k in dnode}
-            if "images" in udata and ("forget_class" in udata) == ("forget_fraction" in udata):
-                raise ctx.fail(node, "data", "unlearn_stage.data needs exactly one of forget_class, forget_fraction")
-            if "images" not in udata and "forget" not in udata:
-                raise ctx.fail(node, "data", "unlearn_stage.data needs images (classifier) or forget (text)")
-            if udata.get("retain_per_forget", 1) < 1:
-                raise ctx.fail(dnode, "retain_per_forget", "unlearn_stage.data.retain_per_forget must be ≥ 1, "
-                               f"got {udata['retain_per_forget']}")
-            name, opts = _one_modifier(ctx, data, key, node, "unlearn_modifiers", UNLEARN_MODIFIERS, ("data",))
-            kw = _dataclass_options(ctx, opts, UnlearnConfig, name)
-            if UNLEARN_MODIFIERS[name]:
-                if "method" in kw:
-                    raise ctx.fail(opts, "method", f"{name} sets the method itself; remove 'method'")
-                kw["method"] = UNLEARN_MODIFIERS[name]
-            try:
-                cfg = UnlearnConfig(**kw)
-            except SurgeryError as e:
-                raise ctx.fail(node["unlearn_modifiers"], name, f"{name}: {e}") from None
-            stages.append(Stage(key, "unlearn", name, {"config": cfg, "data": udata}))
-        elif key == "prune_stage":
-            name, opts = _one_modifier(ctx, data, key, node, "prune_modifiers", PRUNE_MODIFIERS)
-            kw = _dataclass_options(ctx, opts, PruneConfig, name)
-            for k in ("nsamples", "seqlen", "seed", "batch_size"):
-                kw.setdefault(k, getattr(calib, k))
-            try:
-                cfg = PruneConfig(**kw)
-            except SurgeryError as e:
-                raise ctx.fail(node["prune_modifiers"], name, f"{name}: {e}") from None
-            stages.append(Stage(key, "prune", name, cfg))
-        elif key == "quant_stage":
-            name, opts = _one_modifier(ctx, data, key, node, "quant_modifiers", QUANT_MODIFIERS)
-            mods = node["quant_modifiers"]
-            kw = _dataclass_options(ctx, opts, QuantConfig, name)
-            if "method" in kw:
-                raise ctx.fail(opts, "method", f"{name} sets the method itself; remove 'method'")
-            try:
-                cfg = QuantConfig(method=QUANT_MODIFIERS[name], nsamples=calib.nsamples,
-                                  seqlen=calib.seqlen, seed=calib.seed, batch_size=calib.batch_size,
-                                  **kw)
-            except SurgeryError as e:
-                raise ctx.fail(mods, name, f"{name}: {e}") from None
-            stages.append(Stage(key, "quant", name, cfg))
-    if not stages:
-        raise SurgeryError(f"{p}: the recipe has no stage (unlearn_stage, prune_stage, quant_stage, eval_stage)")
-    return Recipe(str(p), model, calib, stages, _strip(data))
-
-
-def _one_modifier(ctx: _Ctx, data: dict, key: str, node: dict, group: str,
-                  known: set[str] | dict[str, Any], extra: tuple[str, ...] = ()) -> tuple[str, dict]:
-    """The single modifier of a stage's `*_modifiers` group and its options."""
-    ctx.check_keys(node, {group, *extra}, key)
-    if group not in node:
-        raise ctx.fail(data, key, f"{key} needs a {group} group")
-    mods = ctx.mapping(node[group], group, node, group)
-    names = [k for k in mods if k != "__lines__"]
-    if len(names) != 1:
-        raise ctx.fail(node, group, f"{group} holds exactly one modifier")
-    name = names[0]
-    if name not in known:
-        raise ctx.fail(mods, name, f"unknown modifier {name!r}; known: {sorted(known)}")
-    return name, ctx.mapping(mods[name] or {}, name, mods, name)
-
-
-def _apply_override(ctx: _Ctx, data: dict, item: str) -> None:
-    """`--set quant_stage.quant_modifiers.GPTQModifier.num_bits=3` style overrides."""
-    if "=" not in item:
-        raise SurgeryError(f"--set expects key=value, got {item!r}")
-    dotted, _, raw = item.partition("=")
-    node = data
-    parts = dotted.split(".")
-    for part in parts[:-1]:
-        if not isinstance(node, dict) or part not in node:
-            raise SurgeryError(f"--set {dotted}: no section {part!r} in {ctx.path}")
-        node = node[part]
-    if not isinstance(node, dict):
-        raise SurgeryError(f"--set {dotted}: {parts[-2]!r} is not a section")
-    node[parts[-1]] = yaml.safe_load(raw)
-    node.setdefault("__lines__", {})[parts[-1]] = "--set"
+        apply_override(data, lines, item)
+    model, calib, stages = None, Calibration(), []
+    for key, node in data.items():
+        where = f"{p}:{yaml_lines.line_of(lines, (key,))}"
+        try:
+            if key == "model":
+                require(node is None or isinstance(node, str), f"model must be a string, got {node!r}")
+                model = node
+            elif key == "calibration":
+                calib = validate(Calibration, node)
+            elif key in STAGES:
+                stages.append(_stage(key, node))
+            else:
+                raise SurgeryError(f"unknown key {key!r}; allowed: {', '.join(TOP + tuple(STAGES))}")
+        except ValidationError as e:
+            err = e.errors()[0]
+            loc = (key, *err["loc"])
+            msg = describe(e, key)
+            if err["type"] in ("unexpected_keyword_argument", "extra_forbidden"):
+                cls = Calibration if key == "calibration" else STAGES.get(key)
+                msg += f"; allowed: {', '.join(_allowed(cls, err['loc'][:-1]))}"
+            raise SurgeryError(f"{p}:{yaml_lines.line_of(lines, loc)}: {msg}") from None
+        except SurgeryError as e:
+            raise SurgeryError(f"{where}: {key}: {e}" if key in TOP + tuple(STAGES) else f"{where}: {e}") from None
+    require(bool(stages), f"{p}: the recipe has no stage ({', '.join(STAGES)})")
+    return Recipe(str(p), model, calib, stages)

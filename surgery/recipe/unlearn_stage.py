@@ -23,32 +23,30 @@ Writer = Callable[[Path], None]
 def run(net: nn.Module, tok: Any, stage: Stage, text: Callable[[str], str], data_dir: str | None,
         progress: bool) -> tuple[dict[str, Any], list[Writer]]:
     """Unlearn in place; return the stage's metrics and the writers of its files (mask, split)."""
-    cfg, d = stage.config["config"], stage.config["data"]
+    cfg, d = stage.config, stage.spec.data
     writers: list[Writer] = []
     windows: dict[str, int] | None = None  # language models: how many forget / retain windows
-    if "images" in d:
-        train = load_images(d["images"], "train", data_dir)
-        test = load_images(d["images"], "test", data_dir)
-        if "forget_class" in d:
-            f, r = class_split(train, d["forget_class"])
-            test = test.subset(torch.nonzero(test.y != d["forget_class"]).flatten())
-            meta = {"mode": "class", "forget_class": d["forget_class"]}
+    if d.images is not None:
+        train = load_images(d.images, "train", data_dir)
+        test = load_images(d.images, "test", data_dir)
+        if d.forget_class is not None:
+            f, r = class_split(train, d.forget_class)
+            test = test.subset(torch.nonzero(test.y != d.forget_class).flatten())
+            meta = {"mode": "class", "forget_class": d.forget_class}
         else:
-            seed = d.get("split_seed", 0)
-            f, r = random_split(train, d["forget_fraction"], seed)
-            meta = {"mode": "random", "forget_fraction": d["forget_fraction"], "split_seed": seed}
+            f, r = random_split(train, d.forget_fraction, d.split_seed)
+            meta = {"mode": "random", "forget_fraction": d.forget_fraction, "split_seed": d.split_seed}
         forget, retain = train.subset(f), train.subset(r)
         before = classifier_metrics(net, forget, retain, test)
         result = unlearn(net, cfg, forget, retain, progress=progress)
         after = classifier_metrics(net, forget, retain, test)
-        writers.append(lambda folder: save_split(folder / "forget_split.npz", f, r, dataset=d["images"], **meta))
+        writers.append(lambda folder: save_split(folder / "forget_split.npz", f, r, dataset=d.images, **meta))
     else:
         require(tok is not None, "the model has no tokenizer; cannot read the forget text")
-        require("retain" in d, "unlearn_stage.data needs a retain text for a language model")
-        seqlen = d.get("seqlen", 256)
-        forget = eval_windows(tokenize(tok, text(d["forget"])), seqlen, d.get("max_windows"))
-        retain_ids = tokenize(tok, text(d["retain"]))
-        per_forget = d.get("retain_per_forget", 1)  # retain windows per forget window (≥ 1: checked at parse)
+        seqlen = d.seqlen
+        forget = eval_windows(tokenize(tok, text(d.forget)), seqlen, d.max_windows)
+        retain_ids = tokenize(tok, text(d.retain))
+        per_forget = d.retain_per_forget  # retain windows per forget window
         retain = calib_windows(retain_ids, per_forget * forget.shape[0], seqlen, cfg.seed)
         held = calib_windows(retain_ids, min(32, forget.shape[0]), seqlen, cfg.seed + 1)
 

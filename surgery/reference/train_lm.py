@@ -1,6 +1,7 @@
 """Train a reference Llama LM (GQA) and its BPE vocabulary on our own text, seeded and resumable."""
 from __future__ import annotations
 
+import json
 import math
 import os
 import time
@@ -15,6 +16,7 @@ from surgery.data import text as textdata
 from surgery.data.windows import eval_windows, tokenize
 from surgery.errors import SurgeryError, require
 from surgery.evaluate.lm import perplexity
+from surgery.io import atomic_path, load_tensors, save_tensors
 from surgery.models.tokenizer import train_bpe
 from surgery.reference.specs import LMSpec
 from surgery.saliency.losses import causal_lm_loss
@@ -62,9 +64,42 @@ def _lr(step: int, spec: LMSpec) -> float:
     return spec.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac)))
 
 
+CKPT = "train_state.json"
+
+
+def save_training_state(folder: Path, model: torch.nn.Module, opt: torch.optim.Optimizer,
+                        gen: torch.Generator, step: int, elapsed: float) -> None:
+    """Model, optimizer and sampler state as safetensors + JSON (never a pickle), JSON last."""
+    folder.mkdir(parents=True, exist_ok=True)
+    sd = opt.state_dict()
+    tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
+    for idx, st in sd["state"].items():
+        tensors.update({f"opt.{idx}.{k}": v for k, v in st.items()})
+    tensors["gen"] = gen.get_state()
+    save_tensors(tensors, folder / "train_state.safetensors")
+    with atomic_path(folder / CKPT) as tmp:
+        tmp.write_text(json.dumps({"step": step, "elapsed": elapsed, "param_groups": sd["param_groups"]}))
+
+
+def load_training_state(folder: Path, model: torch.nn.Module, opt: torch.optim.Optimizer,
+                        gen: torch.Generator) -> tuple[int, float]:
+    """Restore what `save_training_state` wrote; return (step, elapsed seconds)."""
+    meta = json.loads((folder / CKPT).read_text())
+    tensors, _ = load_tensors(folder / "train_state.safetensors")
+    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    for k, v in tensors.items():
+        if k.startswith("opt."):
+            _, idx, name = k.split(".", 2)
+            state.setdefault(int(idx), {})[name] = v
+    opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    gen.set_state(tensors["gen"])
+    return int(meta["step"]), float(meta["elapsed"])
+
+
 def train_lm(spec: LMSpec, root: str | os.PathLike | None, workdir: Path, progress: bool = True,
              evaluate: bool = True) -> tuple[LlamaForCausalLM, Any, dict[str, Any]]:
-    """Train from scratch (or resume from `workdir/ckpt.pt`); return model, tokenizer, quality."""
+    """Train from scratch (or resume from `workdir`); return model, tokenizer, quality."""
     t0 = time.time()
     splits = corpus(spec, root)
     torch.manual_seed(spec.seed)
@@ -77,13 +112,8 @@ def train_lm(spec: LMSpec, root: str | os.PathLike | None, workdir: Path, progre
     opt = _optimizer(model, spec)
     gen = torch.Generator().manual_seed(spec.seed)
     start, elapsed_before = 0, 0.0
-    ckpt = workdir / "ckpt.pt"
-    if ckpt.exists():  # resume a killed build of the same spec (the folder is keyed by its hash)
-        state = torch.load(ckpt, weights_only=False)
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["opt"])
-        gen.set_state(state["gen"])
-        start, elapsed_before = state["step"], state["elapsed"]
+    if (workdir / CKPT).exists():  # resume a killed build of the same spec (the folder is keyed by its hash)
+        start, elapsed_before = load_training_state(workdir, model, opt, gen)
     model.train()
     bar = tqdm(range(start, spec.steps), desc="train-lm", disable=not progress, dynamic_ncols=True)
     for step in bar:
@@ -98,11 +128,7 @@ def train_lm(spec: LMSpec, root: str | os.PathLike | None, workdir: Path, progre
         opt.zero_grad(set_to_none=True)
         bar.set_postfix(loss=f"{loss.item():.3f}")
         if (step + 1) % 100 == 0 and step + 1 < spec.steps:
-            workdir.mkdir(parents=True, exist_ok=True)
-            tmp = workdir / "ckpt.pt.tmp"
-            torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "gen": gen.get_state(),
-                        "step": step + 1, "elapsed": elapsed_before + time.time() - t0}, tmp)
-            os.replace(tmp, ckpt)
+            save_training_state(workdir, model, opt, gen, step + 1, elapsed_before + time.time() - t0)
     model.eval()
     train_seconds = elapsed_before + time.time() - t0
     quality = lm_quality(model, tokenizer, splits, spec.seqlen, root,

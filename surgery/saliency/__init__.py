@@ -2,13 +2,14 @@
 from surgery.saliency.accumulate import SaliencyAccumulator, score, select_parameters
 from surgery.saliency.masks import MaskSet, check_density, select_top
 from surgery.saliency.smap import KINDS, SaliencyMap
-from surgery.saliency.structural import LayerLayout, StructuralScores, reduce_structural
+from surgery.saliency.structural import BlockLayout, Piece, StructuralScores, UnitSet, reduce_structural
 from surgery.saliency.topk import kth_largest, topk_masks
 
 __all__ = [
     "KINDS",
-    "LayerLayout",
+    "BlockLayout",
     "MaskSet",
+    "Piece",
     "SaliencyAccumulator",
     "SaliencyMap",
     "StructuralScores",
@@ -19,4 +20,5 @@ __all__ = [
     "select_parameters",
     "select_top",
     "topk_masks",
+    "UnitSet",
 ]

@@ -7,13 +7,14 @@ from collections.abc import Iterator, Mapping
 import torch
 from torch import nn
 
-from surgery.errors import require
+from surgery.errors import SurgeryError, require
 from surgery.io import load_tensors, save_tensors
 from surgery.saliency.masks import MaskSet, select_top
-from surgery.saliency.structural import LayerLayout, StructuralScores, reduce_structural
+from surgery.saliency.structural import BlockLayout, StructuralScores, reduce_structural
 
 KINDS = ("grad", "abs_grad", "fisher", "taylor")
 FORMAT = "surgery.saliency/1"
+IDENTITY = ("model_config", "model_weights", "seed", "data_digest")
 
 
 class SaliencyMap(Mapping[str, torch.Tensor]):
@@ -39,6 +40,7 @@ class SaliencyMap(Mapping[str, torch.Tensor]):
         self.data = data
         self.samples = int(samples)
         self.batches = int(batches)
+        self.identity: dict[str, str] = {}  # model_config / model_weights digests, seed, data digest
 
     def __getitem__(self, name: str) -> torch.Tensor:
         return self._scores[name]
@@ -68,7 +70,30 @@ class SaliencyMap(Mapping[str, torch.Tensor]):
             "data": self.data,
             "samples": str(self.samples),
             "batches": str(self.batches),
+            **self.identity,
         }
+
+    def identify(self, model: nn.Module, seed: int | None = None, data_digest: str | None = None) -> None:
+        """Record which model (config and weights digests), seed and data this map was made from."""
+        from surgery.checkpoint import config_digest, tensor_digest
+
+        self.identity = {"model_config": config_digest(model),
+                         "model_weights": tensor_digest(model.state_dict().items())}
+        if seed is not None:
+            self.identity["seed"] = str(seed)
+        if data_digest is not None:
+            self.identity["data_digest"] = data_digest
+
+    def check_identity(self, model: nn.Module) -> None:
+        """Refuse a map whose recorded model is not `model` (other config or other weights)."""
+        from surgery.checkpoint import config_digest, tensor_digest
+
+        if "model_config" in self.identity:
+            require(self.identity["model_config"] == config_digest(model),
+                    "the saliency map was made for a model with another config")
+        if "model_weights" in self.identity:
+            require(self.identity["model_weights"] == tensor_digest(model.state_dict().items()),
+                    "the saliency map was made for a model with other weights")
 
     def check_model(self, model: nn.Module) -> None:
         """Refuse a map made for another model: every name must exist with the same shape."""
@@ -88,7 +113,7 @@ class SaliencyMap(Mapping[str, torch.Tensor]):
         return MaskSet(masks, {"kind": self.kind, "loss": self.loss, "scope": scope,
                                "requested_density": repr(float(density))})
 
-    def structural(self, layout: list[LayerLayout]) -> StructuralScores:
+    def structural(self, layout: list[BlockLayout]) -> StructuralScores:
         """Per-head, per-KV-group and per-neuron sums (layout from a model adapter)."""
         return reduce_structural(self._scores, layout)
 
@@ -101,17 +126,22 @@ class SaliencyMap(Mapping[str, torch.Tensor]):
 
     @classmethod
     def load(cls, path: str | os.PathLike, model: nn.Module | None = None) -> SaliencyMap:
-        """Read a map; with `model`, also check that it was made for that model."""
+        """Read a map (every header field checked); with `model`, refuse a map made for another model."""
         tensors, meta = load_tensors(path)
         require(meta.get("format") == FORMAT, f"{path} is not a surgery saliency map")
-        smap = cls(
-            tensors,
-            kind=meta.get("kind", ""),
-            loss=meta.get("loss", ""),
-            data=meta.get("data", ""),
-            samples=int(meta.get("samples", 0)),
-            batches=int(meta.get("batches", 0)),
-        )
+        counts = {}
+        for key in ("samples", "batches"):
+            try:
+                counts[key] = int(meta.get(key, "0"))
+            except ValueError:
+                raise SurgeryError(f"{path}: header field {key!r} is not an integer: {meta[key]!r}") from None
+            require(counts[key] >= 0, f"{path}: header field {key!r} is negative")
+        require(meta.get("kind") in KINDS, f"{path}: header field 'kind' is {meta.get('kind')!r}, not one of {KINDS}")
+        for n, t in tensors.items():
+            require(t.is_floating_point(), f"{path}: tensor {n} is {t.dtype}, not a float score")
+        smap = cls(tensors, kind=meta["kind"], loss=meta.get("loss", ""), data=meta.get("data", ""), **counts)
+        smap.identity = {k: meta[k] for k in IDENTITY if k in meta}
         if model is not None:
             smap.check_model(model)
+            smap.check_identity(model)
         return smap

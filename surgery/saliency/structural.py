@@ -1,15 +1,15 @@
-"""Reduce a per-weight map to per-unit scores for decoder blocks: heads, KV groups, FFN neurons.
+"""Structural units as slabs of parameters, and per-unit sums of a weight map over them.
 
-A unit's score is the sum of the map over every weight the unit owns:
-- query head h: rows [h·d, (h+1)·d) of q_proj (and its bias) and the same columns of o_proj;
-- KV group g: rows [g·d, (g+1)·d) of k_proj and v_proj (and biases) plus all its query heads;
-- FFN neuron i: row i of gate_proj and up_proj (and biases) and column i of down_proj.
-The layout (parameter names, head counts) comes from a model adapter, so this module stays pure.
+A unit (a query head, a KV group, an FFN neuron) owns equal-width slabs of some parameters: rows of
+q/k/v (and their biases), columns of o_proj; rows of gate/up, columns of down_proj. A `Piece` says
+where one kind of slab lies in one parameter — `units` consecutive slabs of `width` entries along
+`dim`, starting at `start` (fused projections such as Phi-3's `qkv_proj` hold several pieces). The
+layout comes from a model adapter, so this module stays pure: it sums, selects and slices tensors.
 """
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -17,29 +17,74 @@ from surgery.errors import require
 
 
 @dataclass(frozen=True)
-class LayerLayout:
-    """Parameter names (weights, optional biases) and unit counts of one decoder block."""
+class Piece:
+    """`units` slabs of `width` entries along `dim` of parameter `param`, from offset `start`."""
 
-    q: str
-    k: str
-    v: str
-    o: str
-    gate: str
-    up: str
-    down: str
-    num_heads: int
-    num_kv_heads: int
-    head_dim: int
-    intermediate_size: int
-    q_bias: str | None = None
-    k_bias: str | None = None
-    v_bias: str | None = None
-    gate_bias: str | None = None
-    up_bias: str | None = None
+    param: str
+    dim: int
+    start: int
+    width: int
+    units: int
 
-    @property
-    def group_size(self) -> int:
-        return self.num_heads // self.num_kv_heads
+    def index(self, kept: torch.Tensor) -> torch.Tensor:
+        """Positions along `dim` that the `kept` units own (in unit order)."""
+        kept = kept.to(torch.long).cpu()
+        return (self.start + kept.view(-1, 1) * self.width + torch.arange(self.width)).reshape(-1)
+
+    def sums(self, t: torch.Tensor) -> torch.Tensor:
+        """Per-unit sums of `t` (fp64 on CPU)."""
+        part = t.detach().narrow(self.dim, self.start, self.units * self.width).to("cpu", torch.float64)
+        part = part.movedim(self.dim, 0).reshape(self.units, self.width, -1)
+        return part.sum(dim=(1, 2))
+
+
+@dataclass(frozen=True)
+class UnitSet:
+    """The units of one kind in one block: their count and the pieces they own.
+
+    `output` is the piece in the sub-layer's output projection (columns of o_proj / down_proj):
+    what the pruning solver removes. `weights` are the pieces counted in the parameter budget
+    (biases excluded).
+    """
+
+    kind: str  # "heads" | "kv_groups" | "neurons"
+    layer: int
+    count: int
+    pieces: tuple[Piece, ...]
+    output: Piece | None = None
+    prunable: bool = True
+    reason: str = ""
+
+    def sums(self, scores: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """Σ of `scores` over every slab each unit owns; absent parameters count as zero."""
+        out = torch.zeros(self.count, dtype=torch.float64)
+        for p in self.pieces:
+            if p.param in scores:
+                require(p.units == self.count, f"{p.param}: {p.units} slabs for {self.count} units")
+                out += p.sums(scores[p.param])
+        return out
+
+    def params_per_unit(self, shapes: Mapping[str, tuple[int, ...]]) -> int:
+        """Weights one unit owns across its pieces (biases, 1-D, excluded)."""
+        total = 0
+        for p in self.pieces:
+            shape = shapes[p.param]
+            if len(shape) < 2:
+                continue
+            other = 1
+            for d, n in enumerate(shape):
+                if d != p.dim:
+                    other *= n
+            total += p.width * other
+        return total
+
+
+@dataclass
+class BlockLayout:
+    """Every unit set of one block, by kind."""
+
+    layer: int
+    units: dict[str, UnitSet] = field(default_factory=dict)
 
 
 @dataclass
@@ -58,59 +103,24 @@ class StructuralScores:
         }
 
 
-def _rows(scores: Mapping[str, torch.Tensor], name: str | None, units: int) -> torch.Tensor:
-    """Sum of each of `units` equal row blocks of a weight (or bias) score; zeros if absent."""
-    if name is None or name not in scores:
-        return torch.zeros(units, dtype=torch.float64)
-    t = scores[name].detach().to("cpu", torch.float64)
-    return t.reshape(units, -1).sum(dim=1)
-
-
-def _cols(scores: Mapping[str, torch.Tensor], name: str, units: int) -> torch.Tensor:
-    """Sum of each of `units` equal column blocks of a weight score [out, in]."""
-    if name not in scores:
-        return torch.zeros(units, dtype=torch.float64)
-    t = scores[name].detach().to("cpu", torch.float64)
-    return t.reshape(t.shape[0], units, -1).sum(dim=(0, 2))
-
-
-def reduce_layer(scores: Mapping[str, torch.Tensor], lay: LayerLayout) -> tuple[torch.Tensor, ...]:
-    """(head scores [H], KV-group scores [KV], neuron scores [I]) for one block, in fp64 on CPU."""
-    require(
-        lay.num_heads % lay.num_kv_heads == 0,
-        f"{lay.num_heads} query heads do not split into {lay.num_kv_heads} KV groups",
-    )
-    heads = (
-        _rows(scores, lay.q, lay.num_heads)
-        + _rows(scores, lay.q_bias, lay.num_heads)
-        + _cols(scores, lay.o, lay.num_heads)
-    )
-    kv = (
-        _rows(scores, lay.k, lay.num_kv_heads)
-        + _rows(scores, lay.k_bias, lay.num_kv_heads)
-        + _rows(scores, lay.v, lay.num_kv_heads)
-        + _rows(scores, lay.v_bias, lay.num_kv_heads)
-        + heads.view(lay.num_kv_heads, lay.group_size).sum(dim=1)
-    )
-    n = lay.intermediate_size
-    neurons = (
-        _rows(scores, lay.gate, n)
-        + _rows(scores, lay.gate_bias, n)
-        + _rows(scores, lay.up, n)
-        + _rows(scores, lay.up_bias, n)
-        + _cols(scores, lay.down, n)
-    )
-    return heads, kv, neurons
-
-
-def reduce_structural(
-    scores: Mapping[str, torch.Tensor], layout: list[LayerLayout]
-) -> StructuralScores:
-    """Unit scores for every block of `layout`."""
+def reduce_structural(scores: Mapping[str, torch.Tensor], layout: list[BlockLayout]) -> StructuralScores:
+    """Unit scores for every block of `layout` (fp64, CPU)."""
     out = StructuralScores([], [], [])
-    for lay in layout:
-        h, g, n = reduce_layer(scores, lay)
-        out.heads.append(h)
-        out.kv_groups.append(g)
-        out.neurons.append(n)
+    for block in layout:
+        for kind, store in (("heads", out.heads), ("kv_groups", out.kv_groups), ("neurons", out.neurons)):
+            us = block.units.get(kind)
+            store.append(us.sums(scores) if us is not None else torch.zeros(0, dtype=torch.float64))
     return out
+
+
+def slice_tensor(t: torch.Tensor, pieces: list[Piece], kept: torch.Tensor) -> torch.Tensor:
+    """`t` with only the kept units' slabs of `pieces` (all on one dim, in order); entries of that
+    dim outside every piece are kept as they are."""
+    require(len({p.dim for p in pieces}) == 1, "pieces of one parameter must share a dim")
+    dim = pieces[0].dim
+    idx, cursor = [], 0
+    for p in sorted(pieces, key=lambda p: p.start):
+        idx += [torch.arange(cursor, p.start), p.index(kept)]
+        cursor = p.start + p.units * p.width
+    idx.append(torch.arange(cursor, t.shape[dim]))
+    return t.index_select(dim, torch.cat(idx).to(t.device))

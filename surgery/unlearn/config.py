@@ -1,10 +1,10 @@
 """`UnlearnConfig`: SalUn and its baselines, for classifiers and causal LMs."""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
-from typing import Any
+from typing import Literal
 
-from surgery.errors import SurgeryError, require
+from surgery.config import Bool, Int, NonNegFloat, NonNegInt, PosFloat, PosInt, Str, config_class
+from surgery.errors import require
 from surgery.saliency.masks import check_density
 
 CLS_METHODS = ("salun", "rl", "ga", "ft", "l1_sparse", "retrain")
@@ -13,7 +13,7 @@ METHODS = tuple(dict.fromkeys(CLS_METHODS + LM_METHODS))
 MASKED_BY_DEFAULT = ("salun",)
 
 
-@dataclass
+@config_class
 class UnlearnConfig:
     """How to unlearn a forget set while keeping a retain set.
 
@@ -37,46 +37,29 @@ class UnlearnConfig:
         seed: batch order and random labels.
     """
 
-    method: str = "salun"
-    use_mask: bool | None = None
-    density: float = 0.5
-    scope: str = "global"
-    include: list[str] | None = None
-    exclude: list[str] | None = None
-    epochs: int = 5
-    lr: float = 0.01
-    batch_size: int = 128
-    optimizer: str = "sgd"
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    alpha: float = 1.0
-    schedule: str = "sequential"
-    l1: float = 5e-4
-    beta: float = 0.1
-    augment: bool = False
-    freeze_bn_stats: bool = False
-    seed: int = 0
+    method: Literal["salun", "rl", "ga", "ft", "l1_sparse", "retrain", "graddiff", "npo"] = "salun"
+    use_mask: Bool | None = None
+    density: PosFloat = 0.5
+    scope: Literal["global", "tensor"] = "global"
+    include: list[Str] | None = None
+    exclude: list[Str] | None = None
+    epochs: NonNegInt = 5
+    lr: PosFloat = 0.01
+    batch_size: PosInt = 128
+    optimizer: Literal["sgd", "adamw"] = "sgd"
+    momentum: NonNegFloat = 0.9
+    weight_decay: NonNegFloat = 5e-4
+    alpha: NonNegFloat = 1.0
+    schedule: Literal["sequential", "joint"] = "sequential"
+    l1: NonNegFloat = 5e-4
+    beta: PosFloat = 0.1
+    augment: Bool = False
+    freeze_bn_stats: Bool = False
+    seed: Int = 0
 
     def __post_init__(self) -> None:
-        require(self.method in METHODS, f"method must be one of {METHODS}, got {self.method!r}")
         check_density(self.density)
-        require(self.scope in ("global", "tensor"), f"scope must be global or tensor, got {self.scope!r}")
-        require(self.optimizer in ("sgd", "adamw"), f"optimizer must be sgd or adamw, got {self.optimizer!r}")
-        require(self.schedule in ("sequential", "joint"), "schedule must be sequential or joint")
-        require(self.epochs >= 0 and self.lr > 0 and self.batch_size > 0, "epochs ≥ 0, lr > 0, batch_size > 0")
-        require(self.alpha >= 0 and self.beta > 0, "alpha ≥ 0 and beta > 0")
 
     @property
     def masked(self) -> bool:
         return self.method in MASKED_BY_DEFAULT if self.use_mask is None else bool(self.use_mask)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> UnlearnConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise SurgeryError(f"unknown unlearning option(s) {unknown}; known: {sorted(known)}")
-        return cls(**data)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)

@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 
 from surgery.data.images import ImageSet
 from surgery.errors import SurgeryError, require
+from surgery.models.adapters import is_language_model
 from surgery.saliency import MaskSet, score
 from surgery.unlearn import losses
 from surgery.unlearn.config import CLS_METHODS, LM_METHODS, UnlearnConfig
@@ -35,16 +36,12 @@ class UnlearnResult:
     history: list[dict[str, float]] = field(default_factory=list)
 
 
-def _is_lm(model: nn.Module) -> bool:
-    return getattr(getattr(model, "config", None), "model_type", None) is not None
-
-
 def saliency_mask(model: nn.Module, forget: Any, cfg: UnlearnConfig, progress: bool = False) -> MaskSet:
     """SalUn's mask: top `density` of |Σ∇(forget loss)| on the forget set, model in eval mode."""
     was = model.training
     model.eval()
     try:
-        if _is_lm(model):
+        if is_language_model(model):
             batches, loss = list(forget.split(cfg.batch_size)), "neg_causal_lm"
         else:
             batches, loss = list(forget.loader(cfg.batch_size)), "neg_ce"
@@ -144,7 +141,7 @@ def unlearn(model: nn.Module, config: UnlearnConfig, forget: Any, retain: Any = 
     """Unlearn `forget` from `model` in place (for `retrain`: replace its weights by a fresh model
     trained on `retain`). Returns the mask used, the run time (RTE) and the loss history."""
     cfg = config
-    lm = _is_lm(model)
+    lm = is_language_model(model)
     if lm:
         require(cfg.method in LM_METHODS, f"method {cfg.method!r} is for classifiers; LM methods: {LM_METHODS}")
         require(isinstance(forget, torch.Tensor) and forget.numel() > 0, "empty forget set")
@@ -192,7 +189,7 @@ def unlearn(model: nn.Module, config: UnlearnConfig, forget: Any, retain: Any = 
 def _retrain(model: nn.Module, cfg: UnlearnConfig, retain: ImageSet | None, t0: float,
              progress: bool) -> UnlearnResult:
     from surgery.models.vision import build_vision
-    from surgery.reference.train_vision import fit
+    from surgery.train import fit
 
     require(retain is not None, "retrain needs a retain set")
     spec = getattr(model, "surgery_config", None)

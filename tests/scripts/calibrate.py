@@ -17,11 +17,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from conftest import tiny_llama  # noqa: E402
 
 from surgery import dist  # noqa: E402
-from surgery.prune import PruneConfig, prune  # noqa: E402
-from surgery.quantize import QuantConfig, quantize  # noqa: E402
+from surgery.prune import PruneConfig, SearchConfig, prune  # noqa: E402
+from surgery.prune.units import dist_to_json  # noqa: E402
+from surgery.quantize import ApiQConfig, GPTQConfig, quantize  # noqa: E402
 
-PRUNE = dict(sparsity=0.5, nsamples=16, seqlen=16, batch_size=4, generations=3, offspring=4,
-             survivors=[2, 1], stage_windows=[2, 4, 8], top_k=16, ffn_step=0.25, iterations=2)
+PRUNE = dict(sparsity=0.5, batch_size=4, ffn_step=0.25, iterations=2, search_samples=8,
+             search=SearchConfig(generations=3, offspring=4, survivors=[2, 1], stage_windows=[2, 4, 8], top_k=16))
 
 
 def calib(n: int = 16, seed: int = 0) -> torch.Tensor:
@@ -32,18 +33,17 @@ def calibrate(resume: Path | None = None) -> tuple[dict[str, torch.Tensor], dict
     """GPTQ and ApiQ + saliency state dicts, and the pruning search's result."""
     out: dict[str, torch.Tensor] = {}
     facts: dict = {}
-    for name, kw in {"gptq": dict(method="gptq", act_order=True),
-                     "apiq": dict(method="apiq", epochs=2, lora_rank=2, saliency_lambda=10.0)}.items():
+    for name, cfg in {"gptq": GPTQConfig(num_bits=2, group_size=8, act_order=True),
+                      "apiq": ApiQConfig(num_bits=2, group_size=8, epochs=2, lora_rank=2, saliency={"lam": 10.0})}.items():
         model = tiny_llama()
-        cfg = QuantConfig(num_bits=2, group_size=8, batch_size=4, resume_dir=str(resume / name) if resume else None,
-                          **kw)
-        quantize(model, cfg, calib=calib(), progress=False)
+        quantize(model, cfg, calib=calib(), batch_size=4, resume_dir=str(resume / name) if resume else None,
+                 progress=False)
         out.update({f"{name}.{k}": v.detach().clone().contiguous() for k, v in model.state_dict().items()})
     model = tiny_llama()
-    cfg = PruneConfig(**PRUNE, resume_dir=str(resume) if resume else None)
-    result = prune(model, cfg, calib(), calib(8, seed=1), progress=False)
+    result = prune(model, PruneConfig(**PRUNE), calib(), calib(8, seed=1), resume_dir=str(resume) if resume else None,
+                   progress=False)
     out.update({f"prune.{k}": v.detach().clone().contiguous() for k, v in model.state_dict().items()})
-    facts["distribution"] = result.distribution
+    facts["distribution"] = dist_to_json(result.distribution)
     facts["fitness"] = [it["fitness"] for it in result.iterations]
     return out, facts
 
