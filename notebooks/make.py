@@ -210,7 +210,7 @@ from peft import PeftModel
 from transformers import AutoModelForCausalLM
 
 from surgery.evaluate.cost import size_on_disk
-from surgery.quantize.export import export
+from surgery.quantize.save import export
 
 q, result = quantized["ApiQ + saliency"]
 with tempfile.TemporaryDirectory() as tmp:

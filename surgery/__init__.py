@@ -7,44 +7,60 @@
     result = surgery.prune(model, surgery.PruneConfig(sparsity=0.5), calib=windows)
     result = surgery.unlearn(model, surgery.UnlearnConfig(method="salun"), forget=f, retain=r)
 
-`import surgery` also registers the sliced decoders (`surgery_sliced_*`) with transformers' Auto
-classes, so pruned folders load with `AutoModelForCausalLM.from_pretrained`.
+`import surgery` is light: the engines load on first use. It also registers the sliced decoders
+(`surgery_sliced_*`) with transformers' Auto classes — as soon as transformers is imported, before
+or after surgery — so pruned folders load with `AutoModelForCausalLM.from_pretrained`.
 """
 from __future__ import annotations
 
-from importlib import import_module
-from typing import Any
+import importlib.abc
+import importlib.util
+import sys
 
-from torch import nn
-
+from surgery._lazy import lazy
+from surgery._version import __version__
 from surgery.errors import SurgeryError
-from surgery.models import sliced as _sliced  # noqa: F401  (registers the sliced decoders)
-from surgery.saliency import KINDS, MaskSet, SaliencyMap, StructuralScores, score
 
-__version__ = "0.2.0"
-
-_LAZY = {
-    "quantize": "surgery.quantize", "RTNConfig": "surgery.quantize", "GPTQConfig": "surgery.quantize",
-    "ApiQConfig": "surgery.quantize", "SaliencyRegulariser": "surgery.quantize",
-    "prune": "surgery.prune", "PruneConfig": "surgery.prune", "SearchConfig": "surgery.prune",
-    "unlearn": "surgery.unlearn", "UnlearnConfig": "surgery.unlearn",
+_NAMES = {
+    "score": "saliency", "SaliencyMap": "saliency", "MaskSet": "saliency", "StructuralScores": "saliency",
+    "KINDS": "saliency",
+    "quantize": "quantize", "RTNConfig": "quantize", "GPTQConfig": "quantize", "ApiQConfig": "quantize",
+    "SaliencyRegulariser": "quantize",
+    "prune": "prune", "PruneConfig": "prune", "SearchConfig": "prune",
+    "unlearn": "unlearn", "UnlearnConfig": "unlearn",
+    "structural_scores": "models.structural",
 }
+__getattr__, __dir__ = lazy(__name__, _NAMES)
 
 
-def __getattr__(name: str) -> Any:
-    """The engines load on first use (`surgery.quantize`, `surgery.PruneConfig`, ...)."""
-    if name in _LAZY:
-        return getattr(import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'surgery' has no attribute {name!r}")
+def _register_sliced() -> None:
+    import surgery.models.sliced  # noqa: F401  (AutoConfig / AutoModelForCausalLM registration)
 
 
-def structural_scores(smap: SaliencyMap, model: nn.Module) -> StructuralScores:
-    """Per-head, per-KV-group and per-FFN-neuron sums of `smap` for a decoder `model`."""
-    from surgery.models.adapters import DecoderAdapter
+class _AfterTransformers(importlib.abc.MetaPathFinder):
+    """Registers the sliced decoders right after `transformers` is first imported."""
 
-    smap.check_model(model)
-    return smap.structural(DecoderAdapter(model).structural_layout())
+    def find_spec(self, fullname, path, target=None):  # type: ignore[no-untyped-def]
+        if fullname != "transformers":
+            return None
+        sys.meta_path.remove(self)
+        spec = importlib.util.find_spec(fullname)
+        if spec is None or spec.loader is None:
+            return spec
+        run = spec.loader.exec_module
 
+        def exec_module(module):  # type: ignore[no-untyped-def]
+            run(module)
+            _register_sliced()
+
+        spec.loader.exec_module = exec_module  # type: ignore[method-assign]
+        return spec
+
+
+if "transformers" in sys.modules:
+    _register_sliced()
+elif not any(isinstance(f, _AfterTransformers) for f in sys.meta_path):
+    sys.meta_path.insert(0, _AfterTransformers())
 
 __all__ = ["KINDS", "ApiQConfig", "GPTQConfig", "MaskSet", "PruneConfig", "RTNConfig", "SaliencyMap",
            "SaliencyRegulariser", "SearchConfig", "StructuralScores", "SurgeryError", "UnlearnConfig",

@@ -21,17 +21,12 @@ import torch
 from torch import nn
 
 from surgery import dist
+from surgery._version import __version__
 from surgery.errors import require
 from surgery.io import atomic_path, load_tensors, save_tensors
 from surgery.log import note
 
 _SAMPLE = 1 << 20  # elements digested per tensor at most (a strided sample beyond that)
-
-
-def _version() -> str:
-    from surgery import __version__
-
-    return __version__
 
 
 def tensor_digest(tensors: Iterable[tuple[str, torch.Tensor]]) -> str:
@@ -67,7 +62,7 @@ def model_digest(model: nn.Module) -> str:
 def fingerprint(model: nn.Module | None = None, windows: torch.Tensor | list[torch.Tensor] | None = None,
                 config: Any = None, **extra: Any) -> str:
     """16 hex digits naming a stage's inputs: package version, model, calibration windows, config."""
-    parts: dict[str, Any] = {"version": _version(), "extra": extra}
+    parts: dict[str, Any] = {"version": __version__, "extra": extra}
     if model is not None:
         parts["model"] = model_digest(model)
     if windows is not None:

@@ -14,11 +14,12 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-import torch
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
+from typing import TYPE_CHECKING
 
 from surgery.errors import SurgeryError
+
+if TYPE_CHECKING:
+    import torch
 
 MARKER = "surgery_output.json"  # written into every output folder: what made it
 # Files that report on a model but are not part of it (not counted in the shipped size).
@@ -57,7 +58,7 @@ def clean_stale(target: Path) -> None:
             shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
 
 
-def _enospc(e: OSError, target: Path) -> SurgeryError | None:
+def _enospc(e: Exception, target: Path) -> SurgeryError | None:
     import errno
 
     if getattr(e, "errno", None) == errno.ENOSPC or "No space left" in str(e):
@@ -81,7 +82,7 @@ def atomic_path(path: str | os.PathLike, overwrite: bool = True) -> Iterator[Pat
     try:
         yield tmp_path
         os.replace(tmp_path, target)
-    except (OSError, SafetensorError) as e:
+    except Exception as e:  # OSError, SafetensorError: a full disk is one line
         raise (_enospc(e, target) or e) from None
     finally:
         if tmp_path.exists():
@@ -113,7 +114,7 @@ def atomic_dir(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Pat
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, target)
-    except (OSError, SafetensorError) as e:
+    except Exception as e:  # OSError, SafetensorError: a full disk is one line
         raise (_enospc(e, target) or e) from None
     finally:
         if tmp.exists():
@@ -121,16 +122,20 @@ def atomic_dir(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Pat
 
 
 def save_tensors(
-    tensors: dict[str, torch.Tensor], path: str | os.PathLike, metadata: dict[str, str] | None = None
+    tensors: dict[str, "torch.Tensor"], path: str | os.PathLike, metadata: dict[str, str] | None = None
 ) -> None:
     """Write a safetensors file atomically (tensors made contiguous, on CPU)."""
+    from safetensors.torch import save_file
+
     flat = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
     with atomic_path(path) as tmp:
         save_file(flat, str(tmp), metadata=metadata)
 
 
-def load_tensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+def load_tensors(path: str | os.PathLike) -> tuple[dict[str, "torch.Tensor"], dict[str, str]]:
     """Read every tensor and the header metadata of a safetensors file, or fail in one line."""
+    from safetensors import SafetensorError, safe_open
+
     p = Path(path)
     if not p.is_file():
         raise SurgeryError(f"file not found: {p}")
@@ -163,3 +168,46 @@ def write_json(obj: object, path: str | os.PathLike) -> None:
     """Write strict JSON atomically."""
     with atomic_path(path) as tmp:
         tmp.write_text(dumps_json(obj))
+
+
+def is_surgery_output(folder: str | os.PathLike) -> bool:
+    return (Path(folder) / MARKER).is_file()
+
+
+def check_output_folder(path: str | os.PathLike, overwrite: bool) -> Path:
+    """Refuse an output folder that would destroy what is not ours, before any work starts.
+
+    Not `.`, the current folder or one of its parents; not an existing file; an existing folder
+    only with `overwrite` and only if it holds a previous surgery output; a writable parent.
+    """
+    raw = Path(path)
+    out = raw.resolve()
+    cwd = Path.cwd().resolve()
+    if out == cwd or out in cwd.parents or raw.name in ("", ".", ".."):
+        raise SurgeryError(f"output {path!s} names the current folder or one of its parents; name a new folder")
+    if out.exists() and not out.is_dir():
+        raise SurgeryError(f"output {path} exists and is a file; name a new folder")
+    if out.exists():
+        if not overwrite:
+            raise SurgeryError(f"output folder exists: {path} (pass --overwrite to replace it)")
+        if any(out.iterdir()) and not is_surgery_output(out):
+            raise SurgeryError(f"output folder {path} exists and was not written by surgery (no {MARKER}); "
+                               "refusing to replace it, even with --overwrite")
+    probe = out.parent
+    while not probe.exists():
+        probe = probe.parent
+    if not (probe.is_dir() and os.access(probe, os.W_OK)):
+        raise SurgeryError(f"output folder is not writable: {out.parent}")
+    return out
+
+
+def check_output_file(out: str | os.PathLike, inputs: list, overwrite: bool) -> None:
+    """An output file that is not an input, not a folder, and new unless `overwrite`."""
+    p = Path(out)
+    for i in inputs:
+        if i and Path(i).exists() and p.exists() and p.resolve() == Path(i).resolve():
+            raise SurgeryError(f"--out {out} is also an input; write to another file")
+    if p.is_dir():
+        raise SurgeryError(f"--out {out} is a folder; give a file name")
+    if p.exists() and not overwrite:
+        raise SurgeryError(f"--out {out} exists (pass --overwrite to replace it)")

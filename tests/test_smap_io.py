@@ -47,12 +47,12 @@ def test_corrupt_file_is_refused(tmp_path, llama, damage):
 
 def test_save_is_atomic(tmp_path, llama, monkeypatch):
     smap = score(llama, token_batches(), kind="grad", progress=False)
-    import surgery.io as sio
+    import safetensors.torch
 
     def boom(*a, **k):
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(sio, "save_file", boom)
+    monkeypatch.setattr(safetensors.torch, "save_file", boom)
     with pytest.raises(RuntimeError):
         smap.save(tmp_path / "map.safetensors")
     assert list(tmp_path.iterdir()) == []

@@ -8,12 +8,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import torch
+from typing import TYPE_CHECKING
 
-from surgery.data.images import load_images
 from surgery.data.sources import parse_source, read_text
-from surgery.data.windows import calib_windows, eval_windows, tokenize
 from surgery.errors import SurgeryError, require
+
+if TYPE_CHECKING:
+    import torch
 
 
 class Parser(argparse.ArgumentParser):
@@ -89,6 +90,8 @@ def add_image_args(p: argparse.ArgumentParser) -> None:
 
 def device_of(args: argparse.Namespace) -> torch.device:
     """`--device`: auto = the local CUDA device when present (the rank's under torchrun), else CPU."""
+    import torch
+
     name = getattr(args, "device", "auto") or "auto"
     if name == "auto":
         if torch.cuda.is_available():
@@ -165,6 +168,8 @@ def get_model(args: argparse.Namespace) -> tuple[torch.nn.Module, Any, Path]:
 
 def text_windows(args: argparse.Namespace, tokenizer: Any, source: str | None = None) -> torch.Tensor:
     """Evaluation windows, or seeded calibration windows when `--nsamples` is given."""
+    from surgery.data.windows import calib_windows, eval_windows, tokenize
+
     source = source or args.data
     require(tokenizer is not None, "the model folder has no tokenizer; cannot read text")
     ids = tokenize(tokenizer, read_text(source, args.data_dir))
@@ -174,6 +179,10 @@ def text_windows(args: argparse.Namespace, tokenizer: Any, source: str | None = 
 
 
 def image_batches(args: argparse.Namespace) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    import torch
+
+    from surgery.data.images import load_images
+
     data = load_images(args.images, args.image_split, args.data_dir)
     if args.classes:
         for c in args.classes:
@@ -182,13 +191,3 @@ def image_batches(args: argparse.Namespace) -> list[tuple[torch.Tensor, torch.Te
         data = data.subset(torch.nonzero(torch.isin(data.y, torch.tensor(args.classes))).flatten())
     require(len(data) > 0, "empty data: no image selected")
     return list(data.loader(args.batch_size))
-
-
-def check_out_file(out: str, inputs: list[str | None], overwrite: bool) -> None:
-    """An output file that is not an input, not a folder, and new unless `overwrite`."""
-    p = Path(out)
-    for i in inputs:
-        if i and Path(i).exists() and p.exists() and p.resolve() == Path(i).resolve():
-            raise SurgeryError(f"--out {out} is also an input; write to another file")
-    require(not p.is_dir(), f"--out {out} is a folder; give a file name")
-    require(overwrite or not p.exists(), f"--out {out} exists (pass --overwrite to replace it)")

@@ -153,7 +153,7 @@ def run_demo(output: str | Path = "surgery-demo", progress: bool = False) -> dic
         smap.save(tmp / "saliency.safetensors")
         masks.save(tmp / "mask-top10.safetensors", packed=True)
         compare.write(reports, tmp)
-        from surgery.quantize.export import export
+        from surgery.quantize.save import export
 
         export(small, cresult, tmp / "pruned-w4-model", tokenizer=tok)
         (tmp / MARKER).write_text(json.dumps(result, indent=2) + "\n")

@@ -14,15 +14,16 @@ from pathlib import Path
 
 from surgery.cli import common
 from surgery.errors import SurgeryError
+from surgery.io import check_output_file
 
 
 def cmd_score(args: argparse.Namespace) -> None:
     from surgery import dist
     from surgery.saliency import score
 
-    common.check_out_file(args.out, [args.model], args.overwrite)
+    check_output_file(args.out, [args.model], args.overwrite)
     if args.mask_out:
-        common.check_out_file(args.mask_out, [args.model, args.out], args.overwrite)
+        check_output_file(args.mask_out, [args.model, args.out], args.overwrite)
     _, cfg = common.model_config(args)
     common.check_inputs(args, cfg, text=not args.images)
     dist.init_from_env(cpu=args.cpu or None)
@@ -54,7 +55,7 @@ def cmd_score(args: argparse.Namespace) -> None:
 def cmd_mask(args: argparse.Namespace) -> None:
     from surgery.saliency import SaliencyMap
 
-    common.check_out_file(args.out, [args.map, args.model], args.overwrite)
+    check_output_file(args.out, [args.map, args.model], args.overwrite)
     model = None
     if args.model:
         from surgery.models.io import load_model
@@ -85,8 +86,8 @@ def cmd_eval(args: argparse.Namespace) -> None:
 
 def cmd_compare(args: argparse.Namespace) -> None:
     from surgery.evaluate import compare
-    from surgery.export.folders import check_output_folder, load_folder, write_marker
-    from surgery.io import atomic_dir
+    from surgery.export.folders import load_folder, write_marker
+    from surgery.io import atomic_dir, check_output_folder
     from surgery.reference import resolve_model
 
     if args.out:
@@ -214,14 +215,17 @@ def parser() -> argparse.ArgumentParser:
 
 
 def _quiet_libraries() -> None:
-    """Hide transformers' per-file progress bars and advisory warnings off a terminal (never the
-    loading report: surgery turns missing or unexpected weights into an error itself)."""
+    """Off a terminal, hide transformers' progress bars and advisory warnings (set before it loads;
+    its loading report still reaches surgery, which turns missing or unexpected weights into an error)."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     if not sys.stderr.isatty():
-        from transformers.utils import logging as hf_logging
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+        if "transformers" in sys.modules:  # already loaded (surgery called from Python)
+            from transformers.utils import logging as hf_logging
 
-        hf_logging.disable_progress_bar()
-        hf_logging.set_verbosity_error()
+            hf_logging.disable_progress_bar()
+            hf_logging.set_verbosity_error()
 
 
 def _raise_interrupt(signum: int, frame: object) -> None:
@@ -241,8 +245,8 @@ def main(argv: list[str] | None = None) -> int:
     # SIGTERM (a killed job) unwinds like Ctrl-C, so temporary outputs are removed on the way out
     previous = signal.signal(signal.SIGTERM, _raise_interrupt) if main_thread else None
     try:
-        args = parser().parse_args(argv)
         _quiet_libraries()
+        args = parser().parse_args(argv)
         args.func(args)
     except SurgeryError as e:
         if debug:

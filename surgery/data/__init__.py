@@ -1,37 +1,27 @@
 """Data: text sources and token windows, image sets."""
-from surgery.data.images import ImageSet, cifar10, digits, load_images, mnist
-from surgery.data.sources import TextSource, parse_source, read_text
-from surgery.data.text import (
-    DATA_ENV,
-    data_dir,
-    embedded,
-    join,
-    read_documents,
-    shakespeare,
-    tinystories,
-    wikitext2_test,
-)
-from surgery.data.windows import batches, calib_windows, eval_windows, tokenize
+from surgery._lazy import lazy
 
-__all__ = [
-    "DATA_ENV",
-    "ImageSet",
-    "TextSource",
-    "batches",
-    "calib_windows",
-    "cifar10",
-    "data_dir",
-    "digits",
-    "embedded",
-    "eval_windows",
-    "join",
-    "load_images",
-    "mnist",
-    "parse_source",
-    "read_documents",
-    "read_text",
-    "shakespeare",
-    "tinystories",
-    "tokenize",
-    "wikitext2_test",
-]
+_NAMES = {
+    "DATA_ENV": "text",
+    "ImageSet": "images",
+    "TextSource": "sources",
+    "batches": "windows",
+    "calib_windows": "windows",
+    "cifar10": "images",
+    "data_dir": "text",
+    "digits": "images",
+    "embedded": "text",
+    "eval_windows": "windows",
+    "join": "text",
+    "load_images": "images",
+    "mnist": "images",
+    "parse_source": "sources",
+    "read_documents": "text",
+    "read_text": "sources",
+    "shakespeare": "text",
+    "tinystories": "text",
+    "tokenize": "windows",
+    "wikitext2_test": "text",
+}
+__getattr__, __dir__ = lazy(__name__, _NAMES)
+__all__ = sorted(_NAMES)

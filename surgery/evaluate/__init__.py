@@ -1,21 +1,20 @@
 """Evaluation and dense-vs-compressed comparison (knows no engine)."""
-from surgery.evaluate.compare import Report, evaluate_lm, to_json, to_markdown, write
-from surgery.evaluate.cost import param_count, size_on_disk, throughput
-from surgery.evaluate.lm import kl_divergence, perplexity, window_nll
-from surgery.evaluate.vision import accuracy, predict_proba
+from surgery._lazy import lazy
 
-__all__ = [
-    "Report",
-    "accuracy",
-    "evaluate_lm",
-    "kl_divergence",
-    "param_count",
-    "perplexity",
-    "predict_proba",
-    "size_on_disk",
-    "throughput",
-    "to_json",
-    "to_markdown",
-    "window_nll",
-    "write",
-]
+_NAMES = {
+    "Report": "compare",
+    "accuracy": "vision",
+    "evaluate_lm": "compare",
+    "kl_divergence": "lm",
+    "param_count": "cost",
+    "perplexity": "lm",
+    "predict_proba": "vision",
+    "size_on_disk": "cost",
+    "throughput": "cost",
+    "to_json": "compare",
+    "to_markdown": "compare",
+    "window_nll": "lm",
+    "write": "compare",
+}
+__getattr__, __dir__ = lazy(__name__, _NAMES)
+__all__ = sorted(_NAMES)

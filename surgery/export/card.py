@@ -12,7 +12,6 @@ from typing import Any
 import yaml
 
 from surgery.export.folders import has_adapter
-from surgery.models.sliced import MODULE
 
 PACKAGES = ("torch", "transformers", "accelerate", "datasets", "safetensors", "compressed-tensors", "peft",
             "surgery")
@@ -39,7 +38,7 @@ def loading_code(folder: Path) -> str:
     cfg = json.loads((folder / "config.json").read_text())
     if "surgery_arch" in cfg:
         return "from surgery.models import load_model\nmodel, _ = load_model(path)\n"
-    remote = (folder / f"{MODULE}.py").is_file()
+    remote = "auto_map" in cfg
     lines = ["from transformers import AutoModelForCausalLM, AutoTokenizer",
              f"model = AutoModelForCausalLM.from_pretrained(path{', trust_remote_code=True' if remote else ''})"]
     if (folder / "tokenizer.json").is_file() or (folder / "tokenizer_config.json").is_file():
@@ -52,10 +51,11 @@ def loading_code(folder: Path) -> str:
 
 def _notes(folder: Path, quant: dict[str, Any] | None) -> list[str]:
     notes = []
-    if (folder / f"{MODULE}.py").is_file():
-        notes.append(f"Layers have different widths (structured pruning): the architecture is in `{MODULE}.py` "
-                     "(it imports only torch and transformers), hence `trust_remote_code=True`; after "
-                     "`import surgery` the folder also loads without it.")
+    code = next(iter(json.loads((folder / "config.json").read_text()).get("auto_map", {}).values()), None)
+    if code:
+        notes.append(f"The architecture is in `{code.split('.')[0]}.py` beside the weights (per-layer widths after "
+                     "structured pruning, or one module per MoE expert): it imports only torch and transformers, hence "
+                     "`trust_remote_code=True`; after `import surgery` the folder also loads without it.")
     if quant:
         notes.append(f"Weights: compressed-tensors `pack-quantized`, {quant['scheme']} for "
                      f"{quant['packed_layers']} layers (decompressed on load by transformers; vLLM serves it as is).")

@@ -10,20 +10,13 @@ from typing import Any
 import torch
 from torch import nn
 
+from surgery._version import __version__
 from surgery.errors import SurgeryError
 from surgery.export.peft import ADAPTER_DIR, attach_adapter
 from surgery.io import MARKER
 from surgery.models.io import load_model
-from surgery.models.sliced import MODULE, is_sliced, modeling_source
+from surgery.models.sliced import is_sliced
 
-
-
-def write_code(config: Any, folder: Path) -> bool:
-    """Write the remote-code file a sliced config's `auto_map` names; return whether it did."""
-    if not is_sliced(config):
-        return False
-    (folder / f"{MODULE}.py").write_text(modeling_source())
-    return True
 
 
 def per_expert_config(model: nn.Module) -> Any:
@@ -44,23 +37,24 @@ def per_expert_config(model: nn.Module) -> Any:
 
 
 def write_config(model: nn.Module, folder: Path, per_expert: bool = False) -> None:
-    """config.json (+ generation_config.json, + the modeling file of a sliced model); with
+    """config.json (+ generation_config.json; a sliced config also copies its modeling file); with
     `per_expert`, a MoE model's experts stay one module each (see `per_expert_config`)."""
     config = per_expert_config(model) if per_expert else model.config
     config.save_pretrained(str(folder))
+    if is_sliced(config):  # a config alone names only its own class: add the model's
+        from surgery.models.sliced import SLICED, base_type
+
+        path = folder / "config.json"
+        data = json.loads(path.read_text())
+        module = data["auto_map"]["AutoConfig"].split(".")[0]
+        data["auto_map"]["AutoModelForCausalLM"] = f"{module}.{SLICED[base_type(config.model_type)][1].__name__}"
+        path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
     if getattr(model, "generation_config", None) is not None:
         model.generation_config.save_pretrained(str(folder))
-    write_code(config, folder)
 
 
 def write_marker(folder: Path, kind: str, **extra: Any) -> None:
-    from surgery import __version__
-
     (folder / MARKER).write_text(json.dumps({"kind": kind, "surgery": __version__, **extra}, indent=2) + "\n")
-
-
-def is_surgery_output(folder: str | os.PathLike) -> bool:
-    return (Path(folder) / MARKER).is_file()
 
 
 def has_adapter(folder: str | os.PathLike) -> bool:
@@ -79,29 +73,3 @@ def load_folder(path: str | os.PathLike, dtype: torch.dtype | None = None,
             raise SurgeryError(f"cannot attach the adapter in {path}/{ADAPTER_DIR}: {str(e).splitlines()[0]}") from None
     return model, tok
 
-
-def check_output_folder(path: str | os.PathLike, overwrite: bool) -> Path:
-    """Refuse an output folder that would destroy what is not ours, before any work starts.
-
-    Not `.`, the current folder or one of its parents; not an existing file; an existing folder
-    only with `overwrite` and only if it holds a previous surgery output; a writable parent.
-    """
-    raw = Path(path)
-    out = raw.resolve()
-    cwd = Path.cwd().resolve()
-    if out == cwd or out in cwd.parents or raw.name in ("", ".", ".."):
-        raise SurgeryError(f"output {path!s} names the current folder or one of its parents; name a new folder")
-    if out.exists() and not out.is_dir():
-        raise SurgeryError(f"output {path} exists and is a file; name a new folder")
-    if out.exists():
-        if not overwrite:
-            raise SurgeryError(f"output folder exists: {path} (pass --overwrite to replace it)")
-        if any(out.iterdir()) and not is_surgery_output(out):
-            raise SurgeryError(f"output folder {path} exists and was not written by surgery (no {MARKER}); "
-                               "refusing to replace it, even with --overwrite")
-    probe = out.parent
-    while not probe.exists():
-        probe = probe.parent
-    if not (probe.is_dir() and os.access(probe, os.W_OK)):
-        raise SurgeryError(f"output folder is not writable: {out.parent}")
-    return out

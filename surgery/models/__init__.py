@@ -1,27 +1,20 @@
 """Models: architecture adapters, loading and saving, sliced decoders, our vision classifiers."""
-from surgery.models.adapters import (
-    SUPPORTED,
-    BlockShape,
-    ClassifierAdapter,
-    DecoderAdapter,
-    adapter_for,
-    is_language_model,
-)
-from surgery.models.io import load_model, read_config, save_model
-from surgery.models.vision import MLP, ResNetCifar, SmallCNN, build_vision
+from surgery._lazy import lazy
 
-__all__ = [
-    "MLP",
-    "SUPPORTED",
-    "BlockShape",
-    "ClassifierAdapter",
-    "DecoderAdapter",
-    "ResNetCifar",
-    "SmallCNN",
-    "adapter_for",
-    "build_vision",
-    "is_language_model",
-    "load_model",
-    "read_config",
-    "save_model",
-]
+_NAMES = {
+    "BlockShape": "adapters",
+    "ClassifierAdapter": "adapters",
+    "DecoderAdapter": "adapters",
+    "MLP": "vision",
+    "ResNetCifar": "vision",
+    "SUPPORTED": "adapters",
+    "SmallCNN": "vision",
+    "adapter_for": "adapters",
+    "build_vision": "vision",
+    "is_language_model": "adapters",
+    "load_model": "io",
+    "read_config": "io",
+    "save_model": "io",
+}
+__getattr__, __dir__ = lazy(__name__, _NAMES)
+__all__ = sorted(_NAMES)

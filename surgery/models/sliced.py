@@ -1,8 +1,10 @@
 """Configs and models for physically sliced decoders (classes in `sliced_modeling`).
 
 `import surgery` registers the `surgery_sliced_<base>` types with `AutoConfig` and
-`AutoModelForCausalLM`. A result whose layers all keep the same widths is described by the stock
-config of its base architecture instead, when that config accepts the widths.
+`AutoModelForCausalLM`; `save_pretrained` of a sliced model copies `sliced_modeling.py` beside the
+weights (`auto_map`), so the folder also loads with `trust_remote_code=True` and no surgery. A result
+whose layers all keep the same widths is described by the stock config of its base architecture
+instead, when that config accepts the widths.
 """
 from __future__ import annotations
 
@@ -12,11 +14,8 @@ from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from surgery.errors import require
-from surgery.models import sliced_modeling
 from surgery.models.adapters import base_type
 from surgery.models.sliced_modeling import BASES, PER_LAYER, PREFIX, SLICED
-
-MODULE = "modeling_surgery_sliced"  # the remote-code file name in an output folder
 
 for _cfg, _model in SLICED.values():
     AutoConfig.register(_cfg.model_type, _cfg, exist_ok=True)
@@ -46,11 +45,8 @@ def sliced_config(config: Any, heads: list[int], kv_heads: list[int], ffn: list[
                                      "intermediate_size": ffn[0]})
         except (ValueError, TypeError):
             pass  # the stock config refuses these widths: keep the per-layer form
-    cfg = SLICED[base][0](**{**d, "layer_num_heads": heads, "layer_num_kv_heads": kv_heads,
-                              "layer_intermediate_sizes": ffn})
-    cfg.auto_map = {"AutoConfig": f"{MODULE}.{type(cfg).__name__}",
-                    "AutoModelForCausalLM": f"{MODULE}.{SLICED[base][1].__name__}"}
-    return cfg
+    return SLICED[base][0](**{**d, "layer_num_heads": heads, "layer_num_kv_heads": kv_heads,
+                               "layer_intermediate_sizes": ffn})
 
 
 def is_sliced(config: Any) -> bool:
@@ -63,10 +59,3 @@ def model_for(config: Any) -> nn.Module:
     if mt in SLICED_TYPES:
         return SLICED[base_type(mt)][1](config)
     return BASES[mt][1](config)
-
-
-def modeling_source() -> str:
-    """The text of the remote-code file written beside a sliced model."""
-    from pathlib import Path
-
-    return Path(sliced_modeling.__file__).read_text()

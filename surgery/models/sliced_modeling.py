@@ -150,6 +150,10 @@ def _make(base: str) -> tuple[type, type]:
     names = base_cfg.__name__.removesuffix("Config"), base_model.__name__.removesuffix("ForCausalLM")
     SlicedConfig.__name__ = SlicedConfig.__qualname__ = f"Sliced{names[0]}Config"
     SlicedForCausalLM.__name__ = SlicedForCausalLM.__qualname__ = f"Sliced{names[1]}ForCausalLM"
+    # save_pretrained copies this file beside the weights and writes `auto_map`: the folder then
+    # loads with trust_remote_code=True wherever transformers is installed
+    SlicedConfig.register_for_auto_class()
+    SlicedForCausalLM.register_for_auto_class("AutoModelForCausalLM")
     return SlicedConfig, SlicedForCausalLM
 
 

@@ -1,5 +1,11 @@
 """Pruning engine: Týr-style global structural sparsity search, sliced export."""
-from surgery.prune.config import PruneConfig, SearchConfig
-from surgery.prune.engine import PruneResult, prune
+from surgery._lazy import lazy
 
-__all__ = ["PruneConfig", "PruneResult", "SearchConfig", "prune"]
+_NAMES = {
+    "PruneConfig": "config",
+    "PruneResult": "engine",
+    "SearchConfig": "config",
+    "prune": "engine",
+}
+__getattr__, __dir__ = lazy(__name__, _NAMES)
+__all__ = sorted(_NAMES)

@@ -75,6 +75,24 @@ class PruneResult:
     def slice(self) -> nn.Module:
         return slice_model(self.adapter, self.supernet, self.distribution)
 
+    def save(self, path: str | Path, tokenizer: Any = None, overwrite: bool = False) -> Path:
+        """The sliced model as a folder (stock config when uniform, else with its modeling file),
+        with a model card; loads with `AutoModelForCausalLM.from_pretrained` as the card says."""
+        from surgery.export.card import model_card
+        from surgery.export.folders import write_marker
+        from surgery.io import atomic_dir
+        from surgery.models.io import write_model
+
+        small = self.slice()
+        with atomic_dir(path, overwrite=overwrite) as tmp:
+            write_model(small, tmp, tokenizer)
+            write_marker(tmp, "pruned", sparsity=self.achieved_sparsity)
+            (tmp / "README.md").write_text(model_card(
+                tmp, str(getattr(self.adapter.config, "_name_or_path", "") or "unknown"), "pruned", ["pruned"],
+                f"pruned {100 * self.achieved_sparsity:.1f}% (structured)", "see surgery_output.json",
+                "(not evaluated here; see `surgery compare`)", name=Path(path).name))
+        return Path(path)
+
     def slice_map(self, smap: SaliencyMap) -> SaliencyMap:
         """A map of the dense model restricted to what `slice()` keeps (names and shapes match)."""
         return slice_map(self.adapter, self.supernet, self.distribution, smap)

@@ -1,8 +1,17 @@
 """Quantization engine: RTN, GPTQ and ApiQ-bw (± the saliency regulariser); export."""
-from surgery.quantize.config import CONFIGS, ApiQConfig, GPTQConfig, QuantConfig, RTNConfig, SaliencyRegulariser
-from surgery.quantize.engine import quantize
-from surgery.quantize.export import export
-from surgery.quantize.result import LayerQuant, QuantResult
+from surgery._lazy import lazy
 
-__all__ = ["CONFIGS", "ApiQConfig", "GPTQConfig", "LayerQuant", "QuantConfig", "QuantResult", "RTNConfig",
-           "SaliencyRegulariser", "export", "quantize"]
+_NAMES = {
+    "ApiQConfig": "config",
+    "CONFIGS": "config",
+    "GPTQConfig": "config",
+    "LayerQuant": "result",
+    "QuantConfig": "config",
+    "QuantResult": "result",
+    "RTNConfig": "config",
+    "SaliencyRegulariser": "config",
+    "export": "save",
+    "quantize": "engine",
+}
+__getattr__, __dir__ = lazy(__name__, _NAMES)
+__all__ = sorted(_NAMES)

@@ -26,8 +26,8 @@ from surgery.errors import require
 from surgery.evaluate import compare
 from surgery.export.card import model_card, versions
 from surgery.evaluate.cost import size_on_disk
-from surgery.export.folders import check_output_folder, write_code, write_marker
-from surgery.io import atomic_dir, dumps_json
+from surgery.export.folders import write_marker
+from surgery.io import atomic_dir, check_output_folder, dumps_json
 from surgery.log import note
 from surgery.models.io import load_model, write_model
 from surgery.recipe.maps import SharedMaps
@@ -193,12 +193,11 @@ def _write(out: Path, overwrite: bool, st: RunState, dense: torch.nn.Module, rec
     """The output folder, atomically: model, recipe.yaml, metrics.json, versions.json, README.md."""
     with atomic_dir(out, overwrite=overwrite) as tmp:
         if st.quant is not None:
-            from surgery.quantize.export import write_quantized
+            from surgery.quantize.save import write_quantized
 
             st.quant_export = write_quantized(st.net, st.quant, tmp, tokenizer=st.tok)
         else:
             write_model(st.net, tmp, tokenizer=st.tok)
-            write_code(getattr(st.net, "config", None), tmp)
         st.metrics["disk_bytes"] = {"dense_fp": sum(p.numel() * p.element_size() for p in dense.parameters()),
                                     "result": size_on_disk(tmp)}
         for write in st.writers:

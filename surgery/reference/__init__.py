@@ -1,6 +1,18 @@
 """Reference models built here (no hub): specs, training, a hash-keyed cache."""
-from surgery.reference.builder import build, cache_root, info, load_reference, reference_path, resolve_model
-from surgery.reference.specs import REFERENCES, LMSpec, VisionSpec, get_spec, spec_hash
+from surgery._lazy import lazy
 
-__all__ = ["REFERENCES", "LMSpec", "VisionSpec", "build", "cache_root", "get_spec", "info",
-           "load_reference", "reference_path", "resolve_model", "spec_hash"]
+_NAMES = {
+    "LMSpec": "specs",
+    "REFERENCES": "specs",
+    "VisionSpec": "specs",
+    "build": "builder",
+    "cache_root": "builder",
+    "get_spec": "specs",
+    "info": "builder",
+    "load_reference": "builder",
+    "reference_path": "builder",
+    "resolve_model": "builder",
+    "spec_hash": "specs",
+}
+__getattr__, __dir__ = lazy(__name__, _NAMES)
+__all__ = sorted(_NAMES)

@@ -1,5 +1,11 @@
 """Unlearning engine: SalUn saliency masks, baselines, the paper's evaluation."""
-from surgery.unlearn.config import UnlearnConfig
-from surgery.unlearn.engine import UnlearnResult, saliency_mask, unlearn
+from surgery._lazy import lazy
 
-__all__ = ["UnlearnConfig", "UnlearnResult", "saliency_mask", "unlearn"]
+_NAMES = {
+    "UnlearnConfig": "config",
+    "UnlearnResult": "engine",
+    "saliency_mask": "engine",
+    "unlearn": "engine",
+}
+__getattr__, __dir__ = lazy(__name__, _NAMES)
+__all__ = sorted(_NAMES)

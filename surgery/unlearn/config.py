@@ -1,11 +1,11 @@
 """`UnlearnConfig`: SalUn and its baselines, for classifiers and causal LMs."""
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
+
+from pydantic import Field, Strict
 
 from surgery.config import Bool, Int, NonNegFloat, NonNegInt, PosFloat, PosInt, Str, config_class
-from surgery.errors import require
-from surgery.saliency.masks import check_density
 
 CLS_METHODS = ("salun", "rl", "ga", "ft", "l1_sparse", "retrain")
 LM_METHODS = ("graddiff", "npo", "ga")
@@ -39,7 +39,7 @@ class UnlearnConfig:
 
     method: Literal["salun", "rl", "ga", "ft", "l1_sparse", "retrain", "graddiff", "npo"] = "salun"
     use_mask: Bool | None = None
-    density: PosFloat = 0.5
+    density: Annotated[float, Strict(), Field(gt=0, le=1)] = 0.5
     scope: Literal["global", "tensor"] = "global"
     include: list[Str] | None = None
     exclude: list[Str] | None = None
@@ -56,9 +56,6 @@ class UnlearnConfig:
     augment: Bool = False
     freeze_bn_stats: Bool = False
     seed: Int = 0
-
-    def __post_init__(self) -> None:
-        check_density(self.density)
 
     @property
     def masked(self) -> bool:

@@ -14,7 +14,8 @@ from torch import nn
 
 from surgery.config import to_dict
 from surgery.export.compressed import write_compressed
-from surgery.export.folders import write_config
+from surgery.export.card import model_card
+from surgery.export.folders import write_config, write_marker
 from surgery.export.peft import write_adapter
 from surgery.io import atomic_dir
 from surgery.quantize.result import QuantResult
@@ -42,5 +43,10 @@ def export(model: nn.Module, result: QuantResult, path: str | os.PathLike, token
            overwrite: bool = False) -> Path:
     """Write the compressed-tensors folder (and `adapter/` for LoRA) atomically."""
     with atomic_dir(path, overwrite=overwrite) as tmp:
-        write_quantized(model, result, tmp, tokenizer)
+        written = write_quantized(model, result, tmp, tokenizer)
+        write_marker(tmp, "quantized", label=result.label)
+        (tmp / "README.md").write_text(model_card(
+            tmp, str(getattr(model.config, "_name_or_path", "") or "unknown"), "quantized", ["quantized"],
+            result.label, "see surgery_quant.json", "(not evaluated here; see `surgery compare`)", quant=written,
+            name=Path(path).name))
     return Path(path)
