@@ -21,16 +21,40 @@ from surgery._lazy import lazy
 from surgery._version import __version__
 from surgery.errors import SurgeryError
 
-_NAMES = {
-    "score": "saliency", "SaliencyMap": "saliency", "MaskSet": "saliency", "StructuralScores": "saliency",
-    "KINDS": "saliency",
-    "quantize": "quantize", "RTNConfig": "quantize", "GPTQConfig": "quantize", "ApiQConfig": "quantize",
-    "SaliencyRegulariser": "quantize",
-    "prune": "prune", "PruneConfig": "prune", "SearchConfig": "prune",
-    "unlearn": "unlearn", "UnlearnConfig": "unlearn",
-    "structural_scores": "models.structural",
-}
-__getattr__, __dir__ = lazy(__name__, _NAMES)
+__getattr__, __dir__ = lazy(
+    __name__,
+    saliency="KINDS MaskSet SaliencyMap StructuralScores score",
+    quantize="ApiQConfig GPTQConfig RTNConfig SaliencyRegulariser",
+    prune="PruneConfig SearchConfig",
+    unlearn="UnlearnConfig",
+    **{"models.structural": "structural_scores"},
+)
+# The engine packages are loaded now (their __init__ is light), so that the verbs below keep their
+# names here: a later `import surgery.quantize` does not rebind `surgery.quantize` to the package.
+from surgery import prune as _prune_package  # noqa: E402, F401
+from surgery import quantize as _quantize_package  # noqa: E402, F401
+from surgery import unlearn as _unlearn_package  # noqa: E402, F401
+
+
+def quantize(model, config, calib=None, **kwargs):  # type: ignore[no-untyped-def]
+    """`surgery.quantize.engine.quantize`: RTN / GPTQ / ApiQ by config type."""
+    from surgery.quantize.engine import quantize as run
+
+    return run(model, config, calib, **kwargs)
+
+
+def prune(model, config, calib, search_calib=None, **kwargs):  # type: ignore[no-untyped-def]
+    """`surgery.prune.engine.prune`: Týr-style structural pruning."""
+    from surgery.prune.engine import prune as run
+
+    return run(model, config, calib, search_calib, **kwargs)
+
+
+def unlearn(model, config, forget, retain=None, **kwargs):  # type: ignore[no-untyped-def]
+    """`surgery.unlearn.engine.unlearn`: SalUn and its baselines."""
+    from surgery.unlearn.engine import unlearn as run
+
+    return run(model, config, forget, retain, **kwargs)
 
 
 def _register_sliced() -> None:

@@ -7,8 +7,9 @@ from importlib import import_module
 from typing import Any
 
 
-def lazy(package: str, names: dict[str, str]) -> tuple[Callable[[str], Any], Callable[[], list[str]]]:
-    """`__getattr__` and `__dir__` for `package`, given {attribute: submodule}."""
+def lazy(package: str, **modules: str) -> tuple[Callable[[str], Any], Callable[[], list[str]]]:
+    """`__getattr__` and `__dir__` for `package`, given `submodule="Name1 Name2 ..."`."""
+    names = {name: sub for sub, listed in modules.items() for name in listed.split()}
 
     def __getattr__(name: str) -> Any:
         if name in names:

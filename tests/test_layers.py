@@ -66,3 +66,18 @@ def test_every_module_is_in_a_layer_and_small():
     sizes = {str(p.relative_to(ROOT)): len(p.read_text().splitlines()) for p in modules()}
     assert {_part(ROOT / p) for p in sizes} <= set(LAYERS)
     assert {p: n for p, n in sizes.items() if n > MAX_LINES} == {}
+
+
+def test_the_root_exports_the_verbs_and_configs_and_stays_light():
+    import subprocess
+    import sys
+
+    code = ("import sys, surgery\n"
+            "assert 'torch' not in sys.modules and 'transformers' not in sys.modules\n"
+            "import surgery.quantize.engine, surgery.prune.engine, surgery.unlearn.engine\n"
+            "for verb in ('score', 'quantize', 'prune', 'unlearn'):\n"
+            "    assert callable(getattr(surgery, verb)) and not isinstance(getattr(surgery, verb), type(sys)), verb\n"
+            "for cfg in ('RTNConfig', 'GPTQConfig', 'ApiQConfig', 'PruneConfig', 'SearchConfig', 'UnlearnConfig'):\n"
+            "    assert isinstance(getattr(surgery, cfg), type), cfg\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr

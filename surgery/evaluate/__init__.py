@@ -1,20 +1,11 @@
 """Evaluation and dense-vs-compressed comparison (knows no engine)."""
 from surgery._lazy import lazy
 
-_NAMES = {
-    "Report": "compare",
-    "accuracy": "vision",
-    "evaluate_lm": "compare",
-    "kl_divergence": "lm",
-    "param_count": "cost",
-    "perplexity": "lm",
-    "predict_proba": "vision",
-    "size_on_disk": "cost",
-    "throughput": "cost",
-    "to_json": "compare",
-    "to_markdown": "compare",
-    "window_nll": "lm",
-    "write": "compare",
-}
-__getattr__, __dir__ = lazy(__name__, _NAMES)
-__all__ = sorted(_NAMES)
+__getattr__, __dir__ = lazy(
+    __name__,
+    compare="Report evaluate_lm to_json to_markdown write",
+    cost="param_count size_on_disk throughput",
+    lm="kl_divergence perplexity window_nll",
+    vision="accuracy predict_proba",
+)
+__all__ = __dir__()

@@ -1,11 +1,9 @@
 """Pruning engine: Týr-style global structural sparsity search, sliced export."""
 from surgery._lazy import lazy
 
-_NAMES = {
-    "PruneConfig": "config",
-    "PruneResult": "engine",
-    "SearchConfig": "config",
-    "prune": "engine",
-}
-__getattr__, __dir__ = lazy(__name__, _NAMES)
-__all__ = sorted(_NAMES)
+__getattr__, __dir__ = lazy(
+    __name__,
+    config="PruneConfig SearchConfig",
+    engine="PruneResult prune",
+)
+__all__ = __dir__()

@@ -1,17 +1,11 @@
 """Quantization engine: RTN, GPTQ and ApiQ-bw (± the saliency regulariser); export."""
 from surgery._lazy import lazy
 
-_NAMES = {
-    "ApiQConfig": "config",
-    "CONFIGS": "config",
-    "GPTQConfig": "config",
-    "LayerQuant": "result",
-    "QuantConfig": "config",
-    "QuantResult": "result",
-    "RTNConfig": "config",
-    "SaliencyRegulariser": "config",
-    "export": "save",
-    "quantize": "engine",
-}
-__getattr__, __dir__ = lazy(__name__, _NAMES)
-__all__ = sorted(_NAMES)
+__getattr__, __dir__ = lazy(
+    __name__,
+    config="ApiQConfig CONFIGS GPTQConfig QuantConfig RTNConfig SaliencyRegulariser",
+    engine="quantize",
+    result="LayerQuant QuantResult",
+    save="export",
+)
+__all__ = __dir__()

@@ -1,18 +1,9 @@
 """Reference models built here (no hub): specs, training, a hash-keyed cache."""
 from surgery._lazy import lazy
 
-_NAMES = {
-    "LMSpec": "specs",
-    "REFERENCES": "specs",
-    "VisionSpec": "specs",
-    "build": "builder",
-    "cache_root": "builder",
-    "get_spec": "specs",
-    "info": "builder",
-    "load_reference": "builder",
-    "reference_path": "builder",
-    "resolve_model": "builder",
-    "spec_hash": "specs",
-}
-__getattr__, __dir__ = lazy(__name__, _NAMES)
-__all__ = sorted(_NAMES)
+__getattr__, __dir__ = lazy(
+    __name__,
+    builder="build cache_root info load_reference reference_path resolve_model",
+    specs="LMSpec REFERENCES VisionSpec get_spec spec_hash",
+)
+__all__ = __dir__()

@@ -1,11 +1,9 @@
 """Unlearning engine: SalUn saliency masks, baselines, the paper's evaluation."""
 from surgery._lazy import lazy
 
-_NAMES = {
-    "UnlearnConfig": "config",
-    "UnlearnResult": "engine",
-    "saliency_mask": "engine",
-    "unlearn": "engine",
-}
-__getattr__, __dir__ = lazy(__name__, _NAMES)
-__all__ = sorted(_NAMES)
+__getattr__, __dir__ = lazy(
+    __name__,
+    config="UnlearnConfig",
+    engine="UnlearnResult saliency_mask unlearn",
+)
+__all__ = __dir__()
