@@ -46,12 +46,16 @@ def tensor_digest(tensors: Iterable[tuple[str, torch.Tensor]]) -> str:
     return h.hexdigest()
 
 
+_VOLATILE = ("_name_or_path", "transformers_version", "_commit_hash", "dtype", "torch_dtype", "auto_map")
+
+
 def config_digest(model: nn.Module) -> str:
-    """sha256 of the model's config (HF config JSON, or a surgery vision model's spec)."""
+    """sha256 of the model's config (what defines the architecture; not where it was loaded from, nor
+    the transformers version), or of a surgery vision model's spec."""
     cfg = getattr(model, "config", None)
-    text = cfg.to_json_string(use_diff=False) if hasattr(cfg, "to_json_string") else \
-        json.dumps(getattr(model, "surgery_config", type(model).__name__), sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()
+    data = {k: v for k, v in cfg.to_dict().items() if k not in _VOLATILE} if hasattr(cfg, "to_dict") else \
+        getattr(model, "surgery_config", type(model).__name__)
+    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def model_digest(model: nn.Module) -> str:

@@ -1,6 +1,7 @@
 """Recipes: strict validation with file:line:key, `surgery run` output folders, nothing left behind."""
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import textwrap
@@ -248,7 +249,7 @@ def test_run_killed_between_stages_resumes_without_redoing_the_finished_stage(tm
                                                                                monkeypatch):
     """Killed after the prune stage: the rerun restores the supernet and the search from the partial
     folder (no solver call, no new generation) and writes what an uninterrupted run writes."""
-    import surgery.quantize as quantize_pkg
+    quantize_pkg = importlib.import_module("surgery.quantize")
     from surgery.prune import supernet as supernet_module
 
     recipe = write(tmp_path, CHAIN.format(corpus=corpus))
@@ -355,3 +356,38 @@ def test_lm_unlearn_recipe_draws_retain_per_forget_and_rejects_bad_values(tmp_pa
     with pytest.raises(SurgeryError, match="unlearn_stage.data.retain_per_forget: Input should be greater than 0"):
         run_recipe(str(bad), str(tmp_path / "bad_out"), model=str(model_dir))
     assert not (tmp_path / "bad_out").exists()
+
+
+def test_leftovers_of_killed_runs_never_block_or_linger(tmp_path, model_dir, corpus, capfd):
+    """A kill -9 mid-write leaves `.out.tmp-<pid>-*` and a `.out.partial` of another configuration:
+    the next run cleans the first, restarts the stage of the second with a note, and finishes."""
+    body = GOOD.format(corpus=corpus).replace("GPTQModifier", "ApiQModifier").replace(
+        "      ignore: [lm_head]\n", "      ignore: [lm_head]\n      epochs: 1\n      lora_rank: 2\n")
+    first = write(tmp_path, body)
+    from surgery.quantize import engine
+
+    real = engine._apiq_block
+    calls = {"n": 0}
+
+    def dying(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    engine._apiq_block = dying
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            run_recipe(str(first), str(tmp_path / "out"), model=str(model_dir))
+    finally:
+        engine._apiq_block = real
+    assert (tmp_path / ".out.partial" / "quant_stage" / "state.json").exists()
+    stale = tmp_path / ".out.tmp-999999999-abc"  # a dead process's temporary folder
+    stale.mkdir()
+    (stale / "model.safetensors").write_bytes(b"half")
+    other = write(tmp_path, body.replace("num_bits: 4", "num_bits: 3"), name="other.yaml")
+    capfd.readouterr()
+    run_recipe(str(other), str(tmp_path / "out"), model=str(model_dir))
+    assert "restarting the quantization" in capfd.readouterr().err
+    assert not stale.exists() and not (tmp_path / ".out.partial").exists()
+    assert json.loads((tmp_path / "out" / "metrics.json").read_text())["stages"][0]["label"] == "apiq W3 g8"

@@ -123,11 +123,14 @@ def model_source(args: argparse.Namespace) -> str:
 
 def model_config(args: argparse.Namespace) -> tuple[Path, dict[str, Any]]:
     """The resolved model folder and its config.json — without loading any weight."""
-    from surgery.models.io import read_config
+    from surgery.models.catalog import check_model_type, read_config, weight_files
     from surgery.reference import resolve_model
 
     path = resolve_model(model_source(args), args.data_dir, progress=progress_enabled())
-    return path, read_config(path)
+    cfg = read_config(path)
+    check_model_type(cfg, path)
+    weight_files(path)
+    return path, cfg
 
 
 def check_inputs(args: argparse.Namespace, cfg: dict[str, Any], text: bool, images: bool = False) -> None:
@@ -140,14 +143,19 @@ def check_inputs(args: argparse.Namespace, cfg: dict[str, Any], text: bool, imag
             from surgery.data.text import data_dir
 
             data_dir(args.data_dir)
+        device_of(args)
         return
     if text:
         require(not is_vision, f"{model_source(args)} is an image classifier: use --images, not --data")
         sources = args.data if isinstance(args.data, list) else [args.data]
         require(bool(sources) and sources[0] is not None, "--data is required for a language model")
-        for s in sources:
-            parse_source(s).check(args.data_dir)
         check_seqlen(cfg, args.seqlen)
+        args.texts = {}
+        for s in sources:  # read now: unreadable or empty text fails before any weight loads
+            src = parse_source(s)
+            if src.kind != "hub":
+                args.texts[s] = src.read(args.data_dir)
+    device_of(args)
 
 
 def check_seqlen(cfg: dict[str, Any], seqlen: int) -> None:
@@ -172,7 +180,8 @@ def text_windows(args: argparse.Namespace, tokenizer: Any, source: str | None = 
 
     source = source or args.data
     require(tokenizer is not None, "the model folder has no tokenizer; cannot read text")
-    ids = tokenize(tokenizer, read_text(source, args.data_dir))
+    text = getattr(args, "texts", {}).get(source) or read_text(source, args.data_dir)
+    ids = tokenize(tokenizer, text)
     if args.nsamples:
         return calib_windows(ids, args.nsamples, args.seqlen, args.seed)
     return eval_windows(ids, args.seqlen, args.max_windows)

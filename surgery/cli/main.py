@@ -18,14 +18,14 @@ from surgery.io import check_output_file
 
 
 def cmd_score(args: argparse.Namespace) -> None:
-    from surgery import dist
-    from surgery.saliency import score
-
     check_output_file(args.out, [args.model], args.overwrite)
     if args.mask_out:
         check_output_file(args.mask_out, [args.model, args.out], args.overwrite)
     _, cfg = common.model_config(args)
     common.check_inputs(args, cfg, text=not args.images)
+    from surgery import dist
+    from surgery.saliency import score
+
     dist.init_from_env(cpu=args.cpu or None)
     model, tok, _ = common.get_model(args)
     if args.images:
@@ -53,9 +53,10 @@ def cmd_score(args: argparse.Namespace) -> None:
 
 
 def cmd_mask(args: argparse.Namespace) -> None:
+    check_output_file(args.out, [args.map, args.model], args.overwrite)
+    common.require(Path(args.map).is_file(), f"file not found: {args.map}")
     from surgery.saliency import SaliencyMap
 
-    check_output_file(args.out, [args.map, args.model], args.overwrite)
     model = None
     if args.model:
         from surgery.models.io import load_model
@@ -68,11 +69,11 @@ def cmd_mask(args: argparse.Namespace) -> None:
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
+    _, cfg = common.model_config(args)
+    common.check_inputs(args, cfg, text=not args.images)
     from surgery.data.images import load_images
     from surgery.evaluate import accuracy, evaluate_lm, to_json, to_markdown
 
-    _, cfg = common.model_config(args)
-    common.check_inputs(args, cfg, text=not args.images)
     model, tok, path = common.get_model(args)
     if args.images:
         data = load_images(args.images, "test", args.data_dir)
@@ -85,9 +86,8 @@ def cmd_eval(args: argparse.Namespace) -> None:
 
 
 def cmd_compare(args: argparse.Namespace) -> None:
-    from surgery.evaluate import compare
-    from surgery.export.folders import load_folder, write_marker
     from surgery.io import atomic_dir, check_output_folder
+    from surgery.models.catalog import check_model_type, read_config
     from surgery.reference import resolve_model
 
     if args.out:
@@ -97,6 +97,11 @@ def cmd_compare(args: argparse.Namespace) -> None:
     _, cfg = common.model_config(args)
     common.check_inputs(args, cfg, text=True)
     paths = [resolve_model(c, args.data_dir) for c in args.candidate]
+    for path in paths:
+        check_model_type(read_config(path), path)
+    from surgery.evaluate import compare
+    from surgery.export.folders import load_folder, write_marker
+
     dense, tok, dense_path = common.get_model(args)
     sets = {source: common.text_windows(args, tok, source) for source in args.data}
     reports = [compare.evaluate_lm(dense, sets, Path(args.dense).name, path=dense_path,
@@ -114,6 +119,9 @@ def cmd_compare(args: argparse.Namespace) -> None:
 
 
 def cmd_build(args: argparse.Namespace) -> None:
+    from surgery.reference.specs import get_spec
+
+    get_spec(args.name)
     from surgery.reference import build, info
 
     path = build(args.name, args.data_dir, force=args.force, progress=common.progress_enabled())
@@ -121,12 +129,15 @@ def cmd_build(args: argparse.Namespace) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> None:
+    from surgery.recipe.plan import prepare
+
+    plan = prepare(args.recipe, args.output, args.model, args.set, args.overwrite, args.data_dir,
+                   progress=common.progress_enabled())  # every check, before torch loads
     from surgery import dist
-    from surgery.recipe.run import run_recipe
+    from surgery.recipe.run import execute
 
     dist.init_from_env(cpu=args.cpu or None)  # data-parallel calibration under torchrun
-    metrics = run_recipe(args.recipe, args.output, model=args.model, overrides=args.set, overwrite=args.overwrite,
-                         data_dir=args.data_dir, progress=common.progress_enabled() and dist.is_main())
+    metrics = execute(plan, args.overwrite, args.data_dir, progress=common.progress_enabled() and dist.is_main())
     if dist.is_main():
         if "table" in metrics:
             print(metrics["table"])
@@ -135,6 +146,11 @@ def cmd_run(args: argparse.Namespace) -> None:
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
+    from surgery.io import MARKER
+
+    out = Path(args.output)
+    if out.exists() and not (out / "demo.json").exists():
+        raise SurgeryError(f"{out} exists and is not a previous demo output (no demo.json or {MARKER}); choose --output")
     from surgery.cli.demo import run_demo
 
     run_demo(args.output, progress=common.progress_enabled())

@@ -14,19 +14,12 @@ from dataclasses import dataclass
 from torch import nn
 
 from surgery.errors import SurgeryError
+from surgery.models.catalog import SUPPORTED, base_type, unsupported
 from surgery.saliency.structural import BlockLayout, Piece, UnitSet
 
-# Model types whose every path (score, quantize, export, prune, slice, unlearn) is tested.
-SUPPORTED = ("llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3_text", "phi3", "olmo2", "qwen3_moe")
-SLICED_PREFIX = "surgery_sliced_"
 # Attention heads cannot be pruned where a norm spans all heads of a projection (the remaining
 # heads would be normalised differently than in the masked model).
 _HEADWIDE_NORM = {"olmo2": "its q/k norms span all heads"}
-
-
-def base_type(model_type: str | None) -> str | None:
-    """The architecture a (possibly sliced) model type derives from."""
-    return model_type.removeprefix(SLICED_PREFIX) if model_type else model_type
 
 
 def text_config(config: object) -> object:
@@ -67,12 +60,6 @@ def _child(module: nn.Module, *names: str) -> str | None:
         if isinstance(getattr(module, n, None), nn.Module):
             return n
     return None
-
-
-def unsupported(model_type: object, detail: str = "") -> SurgeryError:
-    more = f" ({detail})" if detail else ""
-    return SurgeryError(f"unsupported architecture {model_type!r}{more}; supported: {', '.join(SUPPORTED)}, "
-                        "their surgery_sliced_* forms, and surgery vision classifiers")
 
 
 class DecoderAdapter:

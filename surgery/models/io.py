@@ -1,7 +1,7 @@
 """Where models come from and how they are read and written.
 
-A Hub id `org/name[@revision]` is resolved through `huggingface_hub` as transformers does it (the
-cache first, `HF_HOME`, `HF_HUB_OFFLINE`); reference names are resolved by `surgery.reference`. Folders are read as safetensors only — never a pickle — and every
+Where a model comes from (folders, Hub ids, reference names) is resolved before: see
+`surgery.models.catalog` and `surgery.reference.resolve_model`. Folders are read as safetensors only — never a pickle — and every
 weight must be accounted for: a missing or unexpected tensor is an error, not a silent random init.
 Our vision classifiers are `model.safetensors` + `config.json` (`surgery_arch`).
 """
@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from pathlib import Path
 from typing import Any
 
@@ -20,75 +19,11 @@ from torch import nn
 
 from surgery.errors import SurgeryError, require
 from surgery.io import atomic_dir
-from surgery.models.adapters import SUPPORTED, base_type, unsupported
+from surgery.models.catalog import VISION_KEY, check_model_type, read_config, weight_files
 from surgery.models.vision import build_vision
 
-VISION_KEY = "surgery_arch"
-HUB_ID = re.compile(r"^(?P<repo>[A-Za-z0-9][\w.-]*/[\w.-]+)(?:@(?P<rev>[\w./-]+))?$")
 DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
           "fp16": torch.float16, "float16": torch.float16}
-_PICKLES = ("pytorch_model.bin", "pytorch_model.bin.index.json", "model.pt", "model.pth", "tf_model.h5",
-            "flax_model.msgpack")
-
-
-def weight_files(folder: Path) -> list[Path]:
-    """The safetensors files of a folder (sharded or not), checked to be readable."""
-    files = sorted(folder.glob("*.safetensors"))
-    if not files:
-        pickles = [p for p in _PICKLES if (folder / p).exists()]
-        hint = f" (found {', '.join(pickles)}: surgery reads safetensors only, never pickles)" if pickles else ""
-        raise SurgeryError(f"no *.safetensors weights in {folder}{hint}")
-    for f in files:
-        try:
-            with safe_open(str(f), framework="pt") as h:
-                for key in h.keys():
-                    h.get_slice(key)  # header entries must lie inside the file
-        except (SafetensorError, OSError, ValueError, RuntimeError) as e:
-            raise SurgeryError(f"corrupt or truncated safetensors file {f}: {e}") from None
-    return files
-
-
-def read_config(path: str | os.PathLike) -> dict[str, Any]:
-    """`config.json` of a model folder, or a one-line error."""
-    folder = Path(path)
-    require(folder.exists(), f"model folder not found: {folder}")
-    require(folder.is_dir(), f"model path is not a folder: {folder}")
-    cfg_path = folder / "config.json"
-    require(cfg_path.is_file(), f"no config.json in {folder} (not a model folder)")
-    try:
-        cfg = json.loads(cfg_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise SurgeryError(f"corrupt {cfg_path}: {e}") from None
-    require(isinstance(cfg, dict), f"corrupt {cfg_path}: not a JSON object")
-    return cfg
-
-
-def is_hub_id(source: str) -> bool:
-    return HUB_ID.match(source) is not None and not source.startswith((".", "/", "~"))
-
-
-def resolve_hub(source: str) -> Path:
-    """The local snapshot folder of a Hub id, from the cache (or downloaded when online)."""
-    from huggingface_hub import constants, snapshot_download
-
-    m = HUB_ID.match(source)
-    require(m is not None, f"not a Hub id: {source!r} (expected org/name or org/name@revision)")
-    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes") or constants.HF_HUB_OFFLINE
-    try:
-        path = snapshot_download(m["repo"], revision=m["rev"], local_files_only=offline,
-                                 allow_patterns=["*.json", "*.safetensors", "tokenizer*", "*.model", "*.txt"])
-    except Exception as e:  # offline / not cached / unknown repo / no network: one line either way
-        why = "offline (HF_HUB_OFFLINE) and not in the cache" if offline else \
-            (str(e).splitlines()[0] if str(e) else type(e).__name__)
-        raise SurgeryError(f"cannot resolve model {source!r}: {why}; cache searched: {constants.HF_HUB_CACHE} "
-                           f"(set HF_HOME or HF_HUB_CACHE to another cache)") from None
-    return Path(path)
-
-
-def check_model_type(cfg: dict[str, Any], folder: Path) -> None:
-    mtype = cfg.get("model_type")
-    if base_type(mtype) not in SUPPORTED:
-        raise unsupported(mtype, f"in {folder}/config.json")
 
 
 def _load_vision(folder: Path, cfg: dict[str, Any]) -> nn.Module:

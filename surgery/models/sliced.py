@@ -14,7 +14,7 @@ from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from surgery.errors import require
-from surgery.models.adapters import base_type
+from surgery.models.catalog import base_type
 from surgery.models.sliced_modeling import BASES, PER_LAYER, PREFIX, SLICED
 
 for _cfg, _model in SLICED.values():

@@ -27,12 +27,12 @@ from surgery.evaluate import compare
 from surgery.export.card import model_card, versions
 from surgery.evaluate.cost import size_on_disk
 from surgery.export.folders import write_marker
-from surgery.io import atomic_dir, check_output_folder, dumps_json
+from surgery.io import atomic_dir, dumps_json
 from surgery.log import note
 from surgery.models.io import load_model, write_model
 from surgery.recipe.maps import SharedMaps
-from surgery.recipe.schema import Recipe, Stage, parse
-from surgery.reference import resolve_model
+from surgery.recipe.plan import Plan, prepare
+from surgery.recipe.schema import Recipe, Stage
 
 
 @dataclass
@@ -133,19 +133,20 @@ def _unlearn(st: RunState, stage: Stage) -> None:
 
 def run_recipe(recipe_path: str, output: str, model: str | None = None, overrides: list[str] | None = None,
                overwrite: bool = False, data_dir: str | None = None, progress: bool = False) -> dict[str, Any]:
-    """Run every stage of the recipe in order; return the metrics written to metrics.json."""
-    recipe = parse(recipe_path, overrides)
-    out = check_output_folder(output, overwrite)
-    source = model or recipe.model
-    require(source is not None, "no model: pass --model or set `model:` in the recipe")
-    recipe.check_inputs(data_dir)
+    """Check everything, then run every stage of the recipe in order; return the metrics."""
+    plan = prepare(recipe_path, output, model, overrides, overwrite, data_dir, progress)
+    return execute(plan, overwrite, data_dir, progress)
+
+
+def execute(plan: Plan, overwrite: bool = False, data_dir: str | None = None, progress: bool = False) -> dict[str, Any]:
+    """Run a prepared recipe and write its output folder."""
+    recipe, out = plan.recipe, plan.out
     partial = out.with_name(f".{out.name}.partial")
     if overwrite and partial.exists() and dist.is_main():
         note(f"--overwrite: clearing the checkpoints of an earlier run in {partial}")
         shutil.rmtree(partial, ignore_errors=True)
     dist.barrier()
-    base_path = resolve_model(source, data_dir, progress=progress)
-    net, tok = load_model(base_path)
+    net, tok = load_model(plan.base_path)
     dense = copy.deepcopy(net)
     st = RunState(net, tok, data_dir, partial, progress)
     t0 = time.time()
@@ -161,7 +162,7 @@ def run_recipe(recipe_path: str, output: str, model: str | None = None, override
     st.metrics["seconds"] = round(time.time() - t0, 2)
     st.metrics["saliency_maps"] = st.shared.log
     if dist.is_main():  # data-parallel: every rank computed the same model; one writes it
-        _write(out, overwrite, st, dense, recipe, source, str(base_path))
+        _write(out, overwrite, st, dense, recipe, plan.source, str(plan.base_path))
         shutil.rmtree(partial, ignore_errors=True)
     dist.barrier()
     return st.metrics

@@ -203,6 +203,24 @@ class Recipe:
                 out += [st.spec.data.forget, st.spec.data.retain]
         return list(dict.fromkeys(out))
 
+    def check_model(self, cfg: dict[str, Any]) -> None:
+        """What a model's config.json alone says about this recipe: stage kinds and window lengths."""
+        vision = "surgery_arch" in cfg
+        for st in self.stages:
+            images = st.kind == "unlearn" and st.spec.data.images is not None
+            require(vision == images or st.kind == "unlearn" and not vision and not images,
+                    f"{self.path}: {st.name} needs {'an image classifier' if images else 'a language model'}; the model is "
+                    f"{'an image classifier' if vision else 'a ' + str(cfg.get('model_type')) + ' language model'}")
+        if vision:
+            return
+        limit = (cfg.get("text_config") or cfg).get("max_position_embeddings")
+        lengths = [st.calibration(self.calibration).seqlen for st in self.stages if st.kind in ("quant", "prune")]
+        lengths += [st.spec.seqlen for st in self.stages if st.kind == "eval"]
+        lengths += [st.spec.data.seqlen for st in self.stages if st.kind == "unlearn"]
+        for n in lengths:
+            require(limit is None or n <= limit,
+                    f"{self.path}: seqlen {n} exceeds the model's max_position_embeddings ({limit})")
+
     def check_inputs(self, data_dir: str | os.PathLike | None) -> None:
         """Every stage's data exists (files, the data folder) — before any model loads."""
         for src in self.sources():

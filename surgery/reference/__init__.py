@@ -3,7 +3,8 @@ from surgery._lazy import lazy
 
 __getattr__, __dir__ = lazy(
     __name__,
-    builder="build cache_root info load_reference reference_path resolve_model",
+    builder="build cache_root info load_reference reference_path",
+    resolve="resolve_model",
     specs="LMSpec REFERENCES VisionSpec get_spec spec_hash",
 )
 __all__ = __dir__()

@@ -17,9 +17,8 @@ import torch
 
 from surgery import dist
 from surgery.io import atomic_dir
-from surgery.models.io import is_hub_id, load_model, resolve_hub, write_model
-from surgery.errors import SurgeryError, require
-from surgery.reference.specs import REFERENCES, LMSpec, get_spec, spec_hash
+from surgery.models.io import load_model, write_model
+from surgery.reference.specs import LMSpec, get_spec, spec_hash
 
 CACHE_ENV = "SURGERY_CACHE_DIR"
 INFO = "reference.json"
@@ -75,16 +74,3 @@ def load_reference(name: str, data_dir: str | os.PathLike | None = None, progres
     model.eval()
     return model, tokenizer, path
 
-
-def resolve_model(source: str, data_dir: str | os.PathLike | None = None, progress: bool = False) -> Path:
-    """A local folder for a model source: a folder, a reference name (built if needed) or a Hub id
-    `org/name[@revision]` (from the Hugging Face cache, or downloaded when online)."""
-    require(isinstance(source, str) and source != "", "no model given")
-    if Path(source).exists():
-        return Path(source)
-    if source in REFERENCES:
-        return build(source, data_dir, progress=progress)
-    if is_hub_id(source):
-        return resolve_hub(source)
-    raise SurgeryError(f"model folder not found: {source} (not a reference model either: "
-                       f"{', '.join(REFERENCES)}; a Hub id is org/name[@revision])")

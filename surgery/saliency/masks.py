@@ -106,6 +106,7 @@ class MaskSet(Mapping[str, torch.Tensor]):
         )
         if packed:
             meta["shapes"] = json.dumps({n: list(m.shape) for n, m in self._masks.items()})
+            meta["bitorder"] = "big"  # numpy's packbits default: the first weight is the high bit
             tensors = {
                 n: torch.from_numpy(np.packbits(m.reshape(-1).cpu().numpy()))
                 for n, m in self._masks.items()
@@ -116,16 +117,33 @@ class MaskSet(Mapping[str, torch.Tensor]):
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> MaskSet:
+        """Read a mask file, checking every header field against the data it describes."""
         tensors, meta = load_tensors(path)
         require(meta.get("format") == FORMAT, f"{path} is not a surgery mask file")
-        if meta.get("packed") == "true":
-            shapes = json.loads(meta["shapes"])
-            masks = {}
-            for n, packed in tensors.items():
+        require(meta.get("packed") in ("true", "false"), f"{path}: header field 'packed' is {meta.get('packed')!r}")
+        packed = meta["packed"] == "true"
+        try:
+            densities = json.loads(meta.get("densities", "{}"))
+            shapes = json.loads(meta["shapes"]) if packed else {}
+        except (json.JSONDecodeError, KeyError) as e:
+            raise SurgeryError(f"{path}: unreadable header ({type(e).__name__}: {e})") from None
+        masks = {}
+        for n, t in tensors.items():
+            if packed:
+                require(meta.get("bitorder", "big") == "big", f"{path}: unsupported bit order {meta.get('bitorder')!r}")
+                require(n in shapes, f"{path}: header has no shape for {n}")
                 shape = shapes[n]
+                require(isinstance(shape, list) and all(isinstance(d, int) and d >= 0 for d in shape),
+                        f"{path}: bad shape {shape!r} for {n}")
                 count = int(np.prod(shape)) if shape else 1
-                bits = np.unpackbits(packed.numpy(), count=count).astype(bool)
-                masks[n] = torch.from_numpy(bits).view(shape)
-        else:
-            masks = tensors
+                require(t.dtype == torch.uint8 and t.dim() == 1 and t.numel() == -(-count // 8),
+                        f"{path}: {n} holds {t.numel()} bytes, its shape {shape} needs {-(-count // 8)}")
+                masks[n] = torch.from_numpy(np.unpackbits(t.numpy(), count=count).astype(bool)).view(shape)
+            else:
+                require(t.dtype == torch.bool, f"{path}: {n} is {t.dtype}, not bool")
+                masks[n] = t
+        require(set(densities) <= set(masks), f"{path}: header densities name tensors the file lacks")
+        for n, d in densities.items():
+            got = float(masks[n].float().mean()) if masks[n].numel() else 0.0
+            require(abs(got - float(d)) <= 1e-6, f"{path}: header density of {n} is {d}, the data's is {got:.6f}")
         return cls(masks, {k: v for k, v in meta.items() if k not in ("shapes",)})
