@@ -9,7 +9,7 @@ PY := $(VENV)/bin/python
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e ".[test,export]"
+	$(PY) -m pip install --quiet -e ".[test,tasks]"
 	touch $@
 
 install: $(VENV)/.installed

@@ -1,12 +1,15 @@
-"""Quantization benchmark on the Shakespeare reference LM: dense, RTN, GPTQ, ApiQ, ApiQ + saliency.
+"""Quantization benchmark on a language model: dense, RTN, GPTQ, ApiQ, ApiQ + saliency.
 
-Perplexity follows the GPTQ protocol (non-overlapping windows of 256 tokens) on the held-out test
-plays and on WikiText-2 test; KL(dense ‖ quantized) on the first 64 test-play windows. Calibration: random
-256-token windows of the training plays, one draw per seed. Each run's calibration wall time and
-peak RSS are measured in the same process. Results are appended to the JSON as runs finish, so a
-killed benchmark resumes.
+Models: the Shakespeare reference LM (`--model shakespeare-lm`, the default) or stories260K, a real
+pretrained Llama from elsewhere (`--model stories260K`: tied embeddings, FFN 172 that no group size
+divides, so its per-channel fallback is on). Perplexity follows the GPTQ protocol (non-overlapping
+windows of 256 tokens) on held-out in-domain text (test plays / TinyStories test) and on WikiText-2
+test; KL(dense ‖ quantized) on the first 64 in-domain windows. Calibration: random 256-token windows
+of the training text, one draw per seed. Each run's calibration wall time and peak RSS are measured in
+the same process, and the exported folder's bytes (weights + adapter + configs) are measured from
+the files. Results are appended to the JSON as runs finish, so a killed benchmark resumes.
 
-    SURGERY_DATA_DIR=../shared/data python benchmarks/quantize_shakespeare.py \
+    SURGERY_DATA_DIR=../shared/data python benchmarks/quantize_shakespeare.py [--model stories260K] \
         [--settings W2g64 W3g64 W4g128] [--seeds 0 1 2] [--ablation] [--llmc-python PATH]
 """
 from __future__ import annotations
@@ -24,11 +27,19 @@ import torch
 
 from _common import RESULTS, PeakRSS, stamp
 
-from surgery.data import text as textdata
+from surgery.data import read_text
 from surgery.data.windows import calib_windows, eval_windows, tokenize
-from surgery.evaluate import kl_divergence, perplexity
-from surgery.quantize import CONFIGS, quantize
-from surgery.reference import load_reference
+from surgery.evaluate import kl_divergence, perplexity, size_on_disk
+from surgery.models import load_model
+from surgery.quantize import CONFIGS, export, quantize
+from surgery.reference import resolve_model
+
+MODELS = {  # model source, calibration text, evaluation texts, group rule
+    "shakespeare-lm": ("shakespeare-lm", "shakespeare:train", {"test": "shakespeare:test", "wikitext2": "wikitext2"},
+                       "error"),
+    "stories260K": ("{data}/models/stories260K", "tinystories:train",
+                    {"test": "tinystories:test", "wikitext2": "wikitext2"}, "channel"),
+}
 
 SEQLEN = 256
 KL_WINDOWS = 64  # KL(dense ‖ quantized) on the first 64 test windows (16k tokens)
@@ -40,8 +51,9 @@ METHODS = {
     "gptq+act_order": dict(method="gptq", act_order=True),
     "apiq": dict(method="apiq", **APIQ),
     "apiq+sal": dict(method="apiq", saliency={"lam": 10.0}, **APIQ),
+    "apiq+sal merged": dict(method="apiq", saliency={"lam": 10.0}, merge_lora=True, **APIQ),
 }
-ONE_SEED = {"rtn", "gptq"}  # RTN needs no data; plain GPTQ is shown once beside GPTQ + act-order
+ONE_SEED = {"rtn", "gptq", "apiq+sal merged"}  # data-free; plain GPTQ beside act-order; the merge cost once
 ABLATION = {  # W2g64, seed 0: λ and stage order
     "λ=1": dict(saliency={"lam": 1.0}),
     "λ=100": dict(saliency={"lam": 100.0}),
@@ -50,20 +62,23 @@ ABLATION = {  # W2g64, seed 0: λ and stage order
 
 
 class Bench:
-    def __init__(self, out: Path, nsamples: int) -> None:
+    def __init__(self, out: Path, nsamples: int, model: str, max_windows: int | None = None) -> None:
+        from surgery.data.text import data_dir
+
         self.out = out
         self.nsamples = nsamples
+        self.model_name = model
+        self.max_windows = max_windows
         self.runs: dict[str, dict] = json.loads(out.read_text())["runs"] if out.exists() else {}
-        _, self.tok, self.path = load_reference("shakespeare-lm", progress=False)
-        sp = textdata.shakespeare()
-        self.train_ids = tokenize(self.tok, textdata.join(sp["train"]))
-        self.sets = {"test": eval_windows(tokenize(self.tok, textdata.join(sp["test"])), SEQLEN),
-                     "wikitext2": eval_windows(tokenize(self.tok, textdata.wikitext2_test()), SEQLEN)}
+        source, calib_text, sets, self.group_rule = MODELS[model]
+        self.path = resolve_model(source.format(data=data_dir()))
+        _, self.tok = load_model(self.path)
+        self.train_ids = tokenize(self.tok, read_text(calib_text))
+        self.sets = {k: eval_windows(tokenize(self.tok, read_text(v)), SEQLEN, max_windows) for k, v in sets.items()}
         self.dense = self.fresh()
 
     def fresh(self) -> torch.nn.Module:
-        model, _, _ = load_reference("shakespeare-lm", progress=False)
-        return model.eval()
+        return load_model(self.path)[0].eval()
 
     def calib(self, seed: int) -> torch.Tensor:
         return calib_windows(self.train_ids, self.nsamples, SEQLEN, seed)
@@ -75,7 +90,8 @@ class Bench:
 
     def record(self, key: str, row: dict) -> None:
         self.runs[key] = row
-        self.out.write_text(json.dumps({**stamp(), "nsamples": self.nsamples, "runs": self.runs}, indent=2))
+        self.out.write_text(json.dumps({**stamp(), "nsamples": self.nsamples, "max_windows": self.max_windows,
+                                        "runs": self.runs}, indent=2))
         print(f"{key}: {json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()})}",
               flush=True)
 
@@ -87,12 +103,16 @@ class Bench:
         method = kw.pop("method")
         if method == "apiq":
             kw["seed"] = seed  # LoRA init and batch order follow the calibration seed
-        cfg = CONFIGS[method](num_bits=bits, group_size=gs, **kw)
+        cfg = CONFIGS[method](num_bits=bits, group_size=gs, group_rule=self.group_rule, **kw)
         with PeakRSS() as mem:
             result = quantize(model, cfg, calib=None if method == "rtn" else self.calib(seed), batch_size=8,
                               progress=False)
+        with tempfile.TemporaryDirectory() as tmp:  # the folder a user ships: weights + adapter + configs
+            folder = export(model, result, f"{tmp}/q", tokenizer=self.tok)
+            folder_bytes = size_on_disk(folder)
         self.record(key, {**self.evaluate(model), "seconds": result.seconds, "peak_mib": mem.extra_mib,
-                          "lora_params": result.lora_params(model)})
+                          "lora_params": result.lora_params(model), "label": result.label,
+                          "folder_bytes": folder_bytes})
 
     def run_llmc(self, key: str, python: str, bits: int, gs: int, seed: int) -> None:
         if key in self.runs:
@@ -126,9 +146,11 @@ def fmt(values: list[float]) -> str:
 
 def table(bench: Bench, settings: list[str], seeds: list[int], methods: list[str]) -> str:
     dense = bench.runs["dense"]
-    lines = ["| setting | method | ppl test plays | ppl WikiText-2 | KL to dense (test) | calib s | peak RSS MiB | LoRA params |",
-             "|---|---|---|---|---|---|---|---|",
-             f"| – | dense | {dense['ppl_test']:.3f} | {dense['ppl_wikitext2']:.3f} | 0 | – | – | – |"]
+    lines = ["| setting | method | ppl in-domain test | ppl WikiText-2 | KL to dense (test) | calib s | peak RSS MiB | "
+             "LoRA params | folder bytes | applied |",
+             "|---|---|---|---|---|---|---|---|---|---|",
+             f"| – | dense | {dense['ppl_test']:.3f} | {dense['ppl_wikitext2']:.3f} | 0 | – | – | – | "
+             f"{dense.get('folder_bytes', 0):,} | fp32 |"]
     gaps = []
     for s in settings:
         for m in methods:
@@ -139,7 +161,7 @@ def table(bench: Bench, settings: list[str], seeds: list[int], methods: list[str
             col = lambda key: [r[key] for r in rows if not (isinstance(r[key], float) and math.isnan(r[key]))]  # noqa: E731
             lines.append(f"| {s} | {m} | {fmt(col('ppl_test'))} | {fmt(col('ppl_wikitext2'))} | "
                          f"{fmt(col('kl_test'))} | {fmt(col('seconds'))} | {fmt(col('peak_mib'))} | "
-                         f"{rows[0]['lora_params']:,} |")
+                         f"{rows[0]['lora_params']:,} | {rows[0].get('folder_bytes', 0):,} | {rows[0].get('label', '–')} |")
         a = [bench.runs.get(f"{s}/apiq/{sd}") for sd in seeds]
         b = [bench.runs.get(f"{s}/apiq+sal/{sd}") for sd in seeds]
         if all(a) and all(b):
@@ -157,15 +179,19 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     ap.add_argument("--nsamples", type=int, default=128)
+    ap.add_argument("--model", default="shakespeare-lm", choices=list(MODELS))
+    ap.add_argument("--max-windows", type=int, help="cap on evaluation windows per text (default: all)")
     ap.add_argument("--ablation", action="store_true")
     ap.add_argument("--llmc-python", help="interpreter of a venv with llmcompressor installed")
-    ap.add_argument("--out", default=str(RESULTS / "quantize_shakespeare.json"))
+    ap.add_argument("--out", help="results file (default: results/quantize_<model>.json)")
     ap.add_argument("--table-only", action="store_true", help="print the tables from the JSON; run nothing")
     args = ap.parse_args()
     torch.manual_seed(0)
-    bench = Bench(Path(args.out), args.nsamples)
+    name = "shakespeare" if args.model == "shakespeare-lm" else args.model
+    args.out = args.out or str(RESULTS / f"quantize_{name}.json")
+    bench = Bench(Path(args.out), args.nsamples, args.model, args.max_windows)
     if "dense" not in bench.runs:
-        bench.record("dense", bench.evaluate(bench.dense))
+        bench.record("dense", {**bench.evaluate(bench.dense), "folder_bytes": size_on_disk(bench.path)})
     methods = list(args.methods)
     for s in [] if args.table_only else args.settings:
         bits, gs = SETTINGS[s]
@@ -180,8 +206,8 @@ def main() -> None:
         methods.append("llm-compressor gptq")
     text = table(bench, args.settings, args.seeds, methods)
     if args.ablation:
-        for name, kw in ({} if args.table_only else ABLATION).items():
-            bench.run(f"ablation/{name}", 2, 64, 0, method="apiq", **{**APIQ, **kw})
+        for key, kw in ({} if args.table_only else ABLATION).items():
+            bench.run(f"ablation/{key}", 2, 64, 0, method="apiq", **{**APIQ, **kw})
         base = {"apiq (λ=0)": bench.runs["W2g64/apiq/0"], "apiq+sal (λ=10, mixedt10)": bench.runs["W2g64/apiq+sal/0"]}
         rows = {**base, **{k: bench.runs[f"ablation/{k}"] for k in ABLATION if f"ablation/{k}" in bench.runs}}
         text += ("\n\nAblation, W2g64, calibration seed 0:\n\n| variant | ppl test | ppl WikiText-2 | KL |\n"

@@ -46,3 +46,42 @@ def test_comparison_table_json_and_plot(tmp_path):
     data = json.loads(paths["json"].read_text())
     assert data["models"][1]["ratio_to_dense"] == {"ppl:test": 1.25, "params": 0.5}
     assert paths["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_every_cell_has_a_value_or_a_reason_and_the_plot_no_empty_group(tmp_path, monkeypatch):
+    dense = compare.Report("dense", {"ppl:test": 20.0, "disk_bytes": 400.0, "decode_tok_s": 10.0}, dense=True)
+    q = compare.Report("w2", {"ppl:test": 22.0, "disk_bytes": 60.0})
+    q.missing("decode_tok_s", "no fast kernel here")
+    p = compare.Report("pruned", {"ppl:test": 25.0, "decode_tok_s": 15.0, "task:x": 40.0})
+    md = compare.to_markdown([dense, q, p])
+    rows = [line for line in md.splitlines() if line.startswith("| w2") or line.startswith("| pruned")]
+    assert "— no fast kernel here" in rows[0] and "— not measured" in rows[1]  # pruned has no disk_bytes
+    assert all("| –" not in r for r in rows)
+    groups = []
+    import matplotlib.axes
+
+    real = matplotlib.axes.Axes.set_xticks
+    monkeypatch.setattr(matplotlib.axes.Axes, "set_xticks",
+                        lambda self, ticks, labels=None, **kw: (groups.extend(labels or []), real(self, ticks, labels, **kw)))
+    compare.plot([dense, q, p], tmp_path / "c.png")
+    keys = [g.split("\n")[0] for g in groups]
+    assert keys == ["ppl:test", "disk_bytes", "decode_tok_s"]  # task:x: dense lacks it, so no group
+
+
+def test_int4_kernel_computes_the_quantized_weights(tmp_path):
+    from surgery.export.folders import load_folder
+    from surgery.export.kernels import attach_kernels
+    from surgery.quantize import GPTQConfig, RTNConfig, export, quantize
+
+    ids = torch.randint(0, 99, (8, 16), generator=torch.Generator().manual_seed(0))
+    for cfg, on in ((GPTQConfig(num_bits=4, group_size=32), 14), (RTNConfig(num_bits=2, group_size=32), 0)):
+        model = tiny_llama(hidden_size=64, intermediate_size=128)
+        result = quantize(model, cfg, calib=ids, batch_size=4, progress=False)
+        folder = export(model, result, tmp_path / f"{cfg.method}{cfg.num_bits}")
+        served, _ = load_folder(folder)
+        report = attach_kernels(served, folder)
+        assert (report.on_kernel, report.layers) == (on, 14)
+        with torch.no_grad():
+            want, got = model(input_ids=ids).logits, served(input_ids=ids).logits
+        tol = 0.02 * float(want.abs().max()) if on else 0.0  # bf16 activations on the kernel
+        assert float((got - want).abs().max()) <= tol

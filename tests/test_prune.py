@@ -277,3 +277,18 @@ def test_baselines_mask_exactly_the_budget_and_keep_one_kv_group(method):
         zero = int((w.view(w.shape[0], s.units, s.unit_cols).abs().sum((0, 2)) == 0).sum())
         assert zero == counts[s.key]
         assert s.key.kind != "attn" or zero < s.units
+
+
+def test_width_multiple_keeps_every_width_a_multiple_and_a_chain_on_one_scheme():
+    from surgery.quantize import RTNConfig, quantize
+
+    model = tiny_llama()
+    cfg = PruneConfig(sparsity=0.5, width_multiple=8, **FAST)
+    result = prune(model, cfg, calib(), progress=False)
+    kept = [r["neurons_kept"] for r in result.per_layer()]
+    assert all(k % 8 == 0 for k in kept) and sum(kept) == 40  # 80 neurons, half of them in steps of 8
+    small = result.slice()
+    q = quantize(small, RTNConfig(num_bits=4, group_size=8), progress=False)  # no group_rule needed
+    assert list(q.schemes()) == ["W4 g8"]
+    with pytest.raises(SurgeryError, match="width_multiple 16: layer 0's neurons"):
+        prune(tiny_llama(), PruneConfig(sparsity=0.5, width_multiple=16, **FAST), calib(), progress=False)

@@ -13,10 +13,10 @@ from surgery.export.compressed import dequantized_weights, packed_bytes
 from surgery.quantize import CONFIGS, export, quantize
 
 
-def quantized(bits, method="rtn", **kw):
-    model = tiny_llama(hidden_size=64, intermediate_size=128)  # every width a multiple of 32
+def quantized(bits, method="rtn", vocab=99, **kw):
+    model = tiny_llama(hidden_size=64, intermediate_size=128, vocab_size=vocab)  # every width a multiple of 32
     cfg = CONFIGS[method](num_bits=bits, group_size=32, **kw)
-    ids = torch.randint(0, 99, (8, 16), generator=torch.Generator().manual_seed(0))
+    ids = torch.randint(0, vocab, (8, 16), generator=torch.Generator().manual_seed(0))
     return model, quantize(model, cfg, calib=ids, batch_size=4, progress=False)
 
 
@@ -115,3 +115,36 @@ def test_export_refuses_an_existing_folder_and_leaves_nothing_on_failure(tmp_pat
     with pytest.raises(SurgeryError, match="no space left on the device while writing .*new; nothing was kept"):
         export(model, result, tmp_path / "new")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["exists"]
+
+
+def test_merge_lora_leaves_no_adapter_and_weights_on_the_grid(tmp_path):
+    model, result = quantized(2, method="apiq", epochs=2, lora_rank=4, lr_lora=1e-2, merge_lora=True)
+    assert result.lora_params(model) == 0
+    path = export(model, result, tmp_path / "m")
+    assert not (path / "adapter").exists()
+    for name, w in dequantized_weights(path).items():
+        assert torch.equal(w, model.get_submodule(name).weight), name
+    assert "adapter" not in (path / "README.md").read_text().lower().split("## how to load")[1].split("##")[0]
+
+
+def test_eval_attaches_the_adapter_and_counts_its_bytes(tmp_path, capsys):
+    from surgery.cli.main import main
+    from surgery.data import text
+    from surgery.evaluate import perplexity
+    from surgery.models import save_model
+    from surgery.models.tokenizer import train_bpe
+
+    tok = train_bpe(text.embedded()["train"].values(), 300)
+    model, result = quantized(2, method="apiq", vocab=300, epochs=2, lora_rank=4, lr_lora=1e-2)
+    path = export(model, result, tmp_path / "q", tokenizer=tok)
+    corpus = tmp_path / "c.txt"
+    corpus.write_text(text.join(text.embedded()["test"])[:3000])
+    capsys.readouterr()
+    assert main(["eval", "--model", str(path), "--data", str(corpus), "--seqlen", "16", "--no-speed", "--json"]) == 0
+    got = json.loads(capsys.readouterr().out)["models"][0]["metrics"]
+    from surgery.data.windows import eval_windows, tokenize
+
+    want = perplexity(model, eval_windows(tokenize(tok, corpus.read_text()), 16))
+    assert got[f"ppl:{corpus}"] == pytest.approx(want, rel=1e-5)  # the adapter was attached
+    adapter = sum(f.stat().st_size for f in (path / "adapter").iterdir())
+    assert got["disk_bytes"] >= (path / "model.safetensors").stat().st_size + adapter

@@ -174,14 +174,17 @@ def get_model(args: argparse.Namespace) -> tuple[torch.nn.Module, Any, Path]:
     return model.eval(), tok, path
 
 
-def text_windows(args: argparse.Namespace, tokenizer: Any, source: str | None = None) -> torch.Tensor:
+def text_windows(args: argparse.Namespace, tokenizer: Any, source: str | None = None,
+                 vocab_size: int | None = None) -> torch.Tensor:
     """Evaluation windows, or seeded calibration windows when `--nsamples` is given."""
-    from surgery.data.windows import calib_windows, eval_windows, tokenize
+    from surgery.data.windows import calib_windows, check_vocab, eval_windows, tokenize
 
     source = source or args.data
     require(tokenizer is not None, "the model folder has no tokenizer; cannot read text")
     text = getattr(args, "texts", {}).get(source) or read_text(source, args.data_dir)
     ids = tokenize(tokenizer, text)
+    if vocab_size is not None:
+        check_vocab(ids, vocab_size, source)
     if args.nsamples:
         return calib_windows(ids, args.nsamples, args.seqlen, args.seed)
     return eval_windows(ids, args.seqlen, args.max_windows)

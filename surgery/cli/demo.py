@@ -1,10 +1,12 @@
 """`surgery demo`: the main job on the embedded default — no flags, no downloads.
 
-Builds (or loads from cache) the demo LM trained on the embedded corpus, scores its weight
-saliency on calibration windows, reduces it to heads / KV groups / neurons, prints the dense
-baseline, then 2-bit quantization (RTN, GPTQ, ApiQ, ApiQ + saliency), 50 % structural pruning
-(sliced), the chain prune → quantize → export, each against dense, and SalUn unlearning of a digit class on the digits reference
-classifier. Outputs go to one folder, written atomically.
+Builds (or loads from cache) the demo LM trained on the embedded corpus, scores its weight saliency
+on calibration windows, reduces it to heads / KV groups / neurons, then exports 2-bit quantization
+(RTN, GPTQ, ApiQ, ApiQ + saliency), 50 % structural pruning (sliced, widths in steps of 64) and the
+chain prune → GPTQ W4g64, and compares every exported folder with the dense model the way users
+judge them: perplexity, KL, the bytes of the folder, speed as served here (the int4 kernel where one
+exists), and accuracy on a multiple-choice task through lm-eval. Then SalUn unlearning of a digit
+class on the digits reference classifier. Outputs go to one folder, written atomically.
 """
 from __future__ import annotations
 
@@ -22,11 +24,13 @@ from surgery.io import atomic_dir
 from surgery.models.adapters import DecoderAdapter
 from surgery.reference import load_reference
 from surgery.prune import PruneConfig, SearchConfig, prune
-from surgery.quantize import ApiQConfig, GPTQConfig, RTNConfig, quantize
+from surgery.quantize import ApiQConfig, GPTQConfig, RTNConfig, export, quantize
+from surgery.recipe.report import evaluate_folders
 from surgery.saliency import score
 
 MARKER = "demo.json"
 SEQLEN = 128
+TASKS = ["wordorder@embedded:test"]  # multiple choice built from the held-out play, through lm-eval
 QUANT_STEPS = [
     ("RTN W2g64", RTNConfig(num_bits=2, group_size=64)),
     ("GPTQ W2g64 (act-order)", GPTQConfig(num_bits=2, group_size=64, act_order=True)),
@@ -34,11 +38,6 @@ QUANT_STEPS = [
     ("ApiQ+saliency W2g64", ApiQConfig(num_bits=2, group_size=64, epochs=4, lr_lwc=1e-2, lr_lora=2e-3,
                                        saliency={"lam": 10.0})),
 ]
-
-
-def _without_speed(rep: compare.Report) -> compare.Report:
-    keep = {k: v for k, v in rep.metrics.items() if not k.endswith("tok_s") and k != "disk_bytes"}
-    return compare.Report(rep.name, {**keep, "bits_per_weight": 32.0}, dense=True)
 
 
 def _saliency_table(smap, adapter: DecoderAdapter) -> str:
@@ -92,6 +91,7 @@ def run_demo(output: str | Path = "surgery-demo", progress: bool = False) -> dic
 
     smap = score(model, calib.split(1), loss="causal_lm", kind="fisher", progress=progress,
                  description=f"embedded:train, 32 windows of {SEQLEN}")
+    smap.identify(model, seed=0)
     adapter = DecoderAdapter(model)
     masks = smap.mask(0.1)
     print(f"\n## Saliency (diagonal Fisher, {smap.samples} windows)\n")
@@ -99,63 +99,53 @@ def run_demo(output: str | Path = "surgery-demo", progress: bool = False) -> dic
     print(f"\ntop-10% mask: {masks.selected:,} of {masks.numel:,} weights selected")
 
     windows = {"heldout": eval_windows(test_ids, SEQLEN), "train": eval_windows(train_ids, SEQLEN, 32)}
-    reports = [compare.evaluate_lm(model, windows, "demo-lm", path=ref_path)]
-    table = compare.to_markdown(reports)
-    print("\n## Dense baseline\n")
-    print(table)
-
-    print("\n## Quantization (2 bits, groups of 64; the saliency map above is the ApiQ regulariser's F)\n")
-    qreports = [reports[0]]
-    for label, cfg in QUANT_STEPS:
-        qmodel, _, _ = load_reference("demo-lm", progress=False)
-        sal = isinstance(cfg, ApiQConfig) and cfg.saliency.enabled
-        result = quantize(qmodel, cfg, calib=calib, fisher=smap if sal else None, batch_size=8, progress=progress)
-        rep = compare.evaluate_lm(qmodel, windows, label, dense=model, speed=False)
-        rep.metrics["bits_per_weight"] = result.theoretical_bits() / result.quantized_weights()
-        rep.metrics["calib_s"] = result.seconds
-        qreports.append(rep)
-    print(compare.to_markdown(qreports[1:] and [_without_speed(qreports[0])] + qreports[1:]))
-
-    print("\n## Structural pruning (50 % of the block weights; saliency-seeded search; sliced)\n")
-    pmodel, _, _ = load_reference("demo-lm", progress=False)
-    search = calib_windows(train_ids, nsamples=16, seqlen=SEQLEN, seed=1)
-    search_cfg = SearchConfig(generations=4, offspring=8, stage_windows=[2, 4, 16], top_k=64)
-    presult = prune(pmodel, PruneConfig(sparsity=0.5, search_samples=16, iterations=2, search=search_cfg),
-                    calib, search, progress=progress)
-    small = presult.slice()
-    prep = compare.evaluate_lm(small, windows, f"pruned {100 * presult.achieved_sparsity:.0f}% (sliced)",
-                               dense=model)
-    print(compare.to_markdown([reports[0], prep]))
-    print("\nkept per block (KV groups of 2, neurons of 384): "
-          + ", ".join(f"{r['kv_groups_kept']}/{r['neurons_kept']}" for r in presult.per_layer()))
-
-    print("\n## Chain: the pruned model quantized (GPTQ W4g64, act-order), exported as compressed-tensors\n")
-    ccfg = GPTQConfig(num_bits=4, group_size=64, group_rule="channel", act_order=True)
-    cresult = quantize(small, ccfg, calib=calib, batch_size=8, progress=progress)
-    crep = compare.evaluate_lm(small, windows, "pruned 50% + GPTQ W4", dense=model, speed=False)
-    crep.metrics["bits_per_weight"] = cresult.theoretical_bits() / cresult.quantized_weights()
-    best_q = min(qreports[1:], key=lambda r: r.metrics["ppl:heldout"])
-    print(compare.to_markdown([_without_speed(reports[0]), best_q, _without_speed(prep), crep]))
-    reports = qreports + [prep, crep]
-
-    print("\n## Unlearning (SalUn: forget digit 3 of scikit-learn's digits, reference MLP)\n")
-    unlearned = _unlearn_digits(progress)
-    print("| model | UA | RA | TA | MIA-Eff | RTE s |\n|---|---|---|---|---|---|")
-    for name in ("before", "after"):
-        m = unlearned[name]
-        rte = f"{unlearned['rte']:.1f}" if name == "after" else "–"
-        print(f"| {name} | {m['UA']:.1f} | {m['RA']:.1f} | {m['TA']:.1f} | {m['MIA']:.1f} | {rte} |")
-
-    result = {"model": str(ref_path), "seconds": round(time.time() - t0, 1),
-              "saliency": {"kind": smap.kind, "samples": smap.samples},
-              "reports": compare.to_json(reports), "unlearning": unlearned}
     with atomic_dir(out, overwrite=True) as tmp:
+        folders = {}
+        for label, cfg in QUANT_STEPS:
+            qmodel, _, _ = load_reference("demo-lm", progress=False)
+            sal = isinstance(cfg, ApiQConfig) and cfg.saliency.enabled
+            result = quantize(qmodel, cfg, calib=calib, fisher=smap if sal else None, batch_size=8, progress=progress)
+            folders[label] = export(qmodel, result, tmp / "models" / _slug(label), tokenizer=tok)
+
+        pmodel, _, _ = load_reference("demo-lm", progress=False)
+        search = calib_windows(train_ids, nsamples=16, seqlen=SEQLEN, seed=1)
+        search_cfg = SearchConfig(generations=4, offspring=8, stage_windows=[2, 4, 16], top_k=64)
+        presult = prune(pmodel, PruneConfig(sparsity=0.5, search_samples=16, iterations=2, width_multiple=64,
+                                            search=search_cfg), calib, search, progress=progress)
+        label = f"pruned {100 * presult.achieved_sparsity:.0f}% (sliced)"
+        folders[label] = presult.save(tmp / "models" / "pruned-50", tokenizer=tok)
+        small = presult.slice()
+        cresult = quantize(small, GPTQConfig(num_bits=4, group_size=64, act_order=True), calib=calib, batch_size=8,
+                           progress=progress)
+        folders[f"{label} + GPTQ W4g64"] = export(small, cresult, tmp / "models" / "pruned-50-gptq-w4g64",
+                                                  tokenizer=tok)
+
+        print("\n## Dense vs every exported folder (sizes from the files; speed as served here)\n")
+        reports = evaluate_folders(model, ref_path, tok, windows, folders, speed=True, tasks=TASKS,
+                                   dense_name="demo-lm")
+        table = compare.to_markdown(reports)
+        print(table)
+        print("\nkept per block (KV groups of 2, neurons of 384, in steps of 64): "
+              + ", ".join(f"{r['kv_groups_kept']}/{r['neurons_kept']}" for r in presult.per_layer()))
+
+        print("\n## Unlearning (SalUn: forget digit 3 of scikit-learn's digits, reference MLP)\n")
+        unlearned = _unlearn_digits(progress)
+        print("| model | UA | RA | TA | MIA-Eff | RTE s |\n|---|---|---|---|---|---|")
+        for name in ("before", "after"):
+            m = unlearned[name]
+            rte = f"{unlearned['rte']:.1f}" if name == "after" else "–"
+            print(f"| {name} | {m['UA']:.1f} | {m['RA']:.1f} | {m['TA']:.1f} | {m['MIA']:.1f} | {rte} |")
+
+        result = {"model": str(ref_path), "seconds": round(time.time() - t0, 1),
+                  "saliency": {"kind": smap.kind, "samples": smap.samples},
+                  "reports": compare.to_json(reports), "unlearning": unlearned}
         smap.save(tmp / "saliency.safetensors")
         masks.save(tmp / "mask-top10.safetensors", packed=True)
         compare.write(reports, tmp)
-        from surgery.quantize.save import export
-
-        export(small, cresult, tmp / "pruned-w4-model", tokenizer=tok)
         (tmp / MARKER).write_text(json.dumps(result, indent=2) + "\n")
     print(f"\nwrote {out}/ in {result['seconds']} s")
     return result
+
+
+def _slug(label: str) -> str:
+    return "".join(c if c.isalnum() else "-" for c in label.lower()).strip("-").replace("--", "-")

@@ -33,7 +33,7 @@ def cmd_score(args: argparse.Namespace) -> None:
         loss = args.loss or "neg_ce"
         desc = f"{args.images}/{args.image_split} classes={args.classes or 'all'}"
     else:
-        windows = common.text_windows(args, tok)
+        windows = common.text_windows(args, tok, vocab_size=model.get_input_embeddings().num_embeddings)
         batches = list(windows.split(args.batch_size))
         loss = args.loss or "causal_lm"
         desc = f"{args.data} seqlen={args.seqlen} windows={windows.shape[0]} seed={args.seed}"
@@ -74,14 +74,19 @@ def cmd_eval(args: argparse.Namespace) -> None:
     from surgery.data.images import load_images
     from surgery.evaluate import accuracy, evaluate_lm, to_json, to_markdown
 
+    from surgery.evaluate.tasks import check_specs, run_tasks
+
+    check_specs(args.tasks or [])
     model, tok, path = common.get_model(args)
     if args.images:
         data = load_images(args.images, "test", args.data_dir)
         print(json.dumps({"test_acc": accuracy(model, data)}, indent=2))
         return
-    windows = common.text_windows(args, tok)
+    windows = common.text_windows(args, tok, vocab_size=model.get_input_embeddings().num_embeddings)
     rep = evaluate_lm(model, {args.data: windows}, name=path.name, path=path, speed=not args.no_speed,
                       batch_size=args.batch_size)
+    for spec, acc in run_tasks(model, tok, args.tasks or [], args.data_dir, args.batch_size).items():
+        rep.metrics[f"task:{spec}"] = acc
     print(to_markdown([rep]) if not args.json else json.dumps(to_json([rep]), indent=2))
 
 
@@ -100,16 +105,19 @@ def cmd_compare(args: argparse.Namespace) -> None:
     for path in paths:
         check_model_type(read_config(path), path)
     from surgery.evaluate import compare
-    from surgery.export.folders import load_folder, write_marker
+    from surgery.evaluate.tasks import check_specs
+    from surgery.export.folders import write_marker
+    from surgery.recipe.report import evaluate_folders
 
+    check_specs(args.tasks or [])
     dense, tok, dense_path = common.get_model(args)
-    sets = {source: common.text_windows(args, tok, source) for source in args.data}
-    reports = [compare.evaluate_lm(dense, sets, Path(args.dense).name, path=dense_path,
-                                   speed=not args.no_speed, batch_size=args.batch_size)]
-    for cand, path in zip(args.candidate, paths):
-        model, _ = load_folder(path, dtype=common.dtype_of(args), device=common.device_of(args))
-        reports.append(compare.evaluate_lm(model.eval(), sets, Path(cand).name, dense=dense, path=path,
-                                           speed=not args.no_speed, batch_size=args.batch_size))
+    vocab = dense.get_input_embeddings().num_embeddings
+    sets = {source: common.text_windows(args, tok, source, vocab) for source in args.data}
+    names = [Path(c).name for c in args.candidate]
+    common.require(len(set(names)) == len(names), f"candidates need distinct folder names, got {names}")
+    reports = evaluate_folders(dense, dense_path, tok, sets, dict(zip(names, paths)), speed=not args.no_speed,
+                               tasks=args.tasks, data_dir=args.data_dir, batch_size=args.batch_size,
+                               dense_name=Path(args.dense).name)
     print(compare.to_markdown(reports))
     if args.out:
         with atomic_dir(args.out, overwrite=args.overwrite) as tmp:
@@ -194,6 +202,7 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--images", choices=["cifar10", "mnist", "digits"])
     e.add_argument("--no-speed", action="store_true")
     e.add_argument("--json", action="store_true")
+    e.add_argument("--tasks", nargs="*", help="lm-eval tasks: names, task YAML paths, or nextline@SOURCE")
     e.set_defaults(func=cmd_eval)
 
     c = sub.add_parser("compare", allow_abbrev=False, help="dense vs candidates, with ratios")
@@ -203,6 +212,7 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--data-dir")
     common.add_device_args(c)
     c.add_argument("--no-speed", action="store_true")
+    c.add_argument("--tasks", nargs="*", help="lm-eval tasks: names, task YAML paths, or nextline@SOURCE")
     c.add_argument("--out", help="folder for comparison.md/.json/.png")
     c.add_argument("--overwrite", action="store_true")
     c.set_defaults(func=cmd_compare)

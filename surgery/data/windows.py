@@ -16,6 +16,13 @@ def tokenize(tokenizer: Any, text: str) -> torch.Tensor:
     return torch.tensor(ids, dtype=torch.long)
 
 
+def check_vocab(ids: torch.Tensor, vocab_size: int, what: str = "the text") -> None:
+    """Refuse token ids the model has no embedding for (a tokenizer of another model)."""
+    top = int(ids.max()) if ids.numel() else -1
+    require(top < vocab_size, f"the tokenizer gives {what} token id {top}, but the model's vocabulary has "
+            f"{vocab_size} entries (a tokenizer of another model?)")
+
+
 def eval_windows(ids: torch.Tensor, seqlen: int, max_windows: int | None = None) -> torch.Tensor:
     """Non-overlapping windows `[n, seqlen]`, n = numel // seqlen (the remainder is dropped)."""
     require(seqlen > 1, f"seqlen must be > 1, got {seqlen}")

@@ -44,7 +44,7 @@ class Grid(Protocol):
     zero: torch.Tensor  # [out, in/group], integer-valued
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, order=True)
 class Scheme:
     bits: int
     group_size: int | None  # None: one group per row (compressed-tensors' "channel")
@@ -54,11 +54,16 @@ class Scheme:
         return f"W{self.bits} " + ("per-channel" if self.group_size is None else f"g{self.group_size}")
 
 
-def scheme_of(g: Grid) -> Scheme:
-    return Scheme(g.bits, None if g.scale.shape[1] == 1 else g.group_size)
+def schemes_of(g: Grid) -> list[Scheme]:
+    """Every layout that stores this grid exactly: its groups, and per channel when it has one group."""
+    out = [Scheme(g.bits, g.group_size)]
+    if g.scale.shape[1] == 1:
+        out.append(Scheme(g.bits, None))
+    return out
 
 
-def _ct() -> Any:
+def ct_helpers() -> Any:
+    """(compressed-tensors version, pack_to_int32, unpack_from_int32), or a one-line error."""
     try:
         import compressed_tensors
         from compressed_tensors.compressors.pack_quantized.helpers import pack_to_int32, unpack_from_int32
@@ -78,19 +83,19 @@ def split_schemes(grids: Mapping[str, Grid]) -> tuple[Scheme, list[str], list[st
     weight: dict[Scheme, int] = {}
     for g in grids.values():
         if _packable(g):
-            s = scheme_of(g)
-            weight[s] = weight.get(s, 0) + g.scale.shape[0] * g.scale.shape[1] * g.group_size
+            for s in schemes_of(g):
+                weight[s] = weight.get(s, 0) + g.scale.shape[0] * g.scale.shape[1] * g.group_size
     if not weight:
         raise SurgeryError("no layer can be packed (every layer has too few rows for compressed-tensors)")
-    main = max(weight, key=lambda s: (weight[s], -(s.group_size or 0)))
-    packed = [n for n, g in grids.items() if scheme_of(g) == main and _packable(g)]
+    main = max(weight, key=lambda s: (weight[s], s.group_size is None))  # ties: per channel
+    packed = [n for n, g in grids.items() if main in schemes_of(g) and _packable(g)]
     return main, packed, [n for n in grids if n not in packed]
 
 
 def quantization_config(model: nn.Module, scheme: Scheme, packed: list[str]) -> dict[str, Any]:
     """The `quantization_config` block of config.json: one group, explicit targets unless every
     decoder linear is in it."""
-    version, _, _ = _ct()
+    version, _, _ = ct_helpers()
     linears = {n for n, m in model.named_modules() if isinstance(m, nn.Linear)}
     head = {n for n in linears if n.endswith("lm_head")}
     whole = set(packed) == linears - head
@@ -124,7 +129,7 @@ def compressed_state_dict(model: nn.Module, grids: Mapping[str, Grid]) -> tuple[
                                                                                 list[str], list[str]]:
     """The model's tensors with the packed layers' weights replaced by their packed form (LoRA and
     tied duplicates left out); also the scheme, the packed and the dequantized layer names."""
-    _, pack, _ = _ct()
+    _, pack, _ = ct_helpers()
     skip = _tied_keys(model)
     sd = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()
           if k not in skip and not k.endswith((".lora_A", ".lora_B"))}
@@ -157,12 +162,12 @@ def write_compressed(model: nn.Module, grids: Mapping[str, Grid], folder: Path,
     config["quantization_config"] = quantization_config(model, scheme, packed)
     cfg_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
     return {"scheme": scheme.name, "packed_layers": len(packed), "dequantized_layers": sorted(dense),
-            "dequantized_schemes": sorted({scheme_of(grids[n]).name for n in dense})}
+            "dequantized_schemes": sorted({schemes_of(grids[n])[-1].name for n in dense})}
 
 
 def dequantized_weights(folder: str | Path) -> dict[str, torch.Tensor]:
     """Unpack and dequantize every packed layer of an exported folder (our own reader)."""
-    _, _, unpack = _ct()
+    _, _, unpack = ct_helpers()
     folder = Path(folder)
     tensors = read_state(folder)
     qcfg = json.loads((folder / "config.json").read_text())["quantization_config"]

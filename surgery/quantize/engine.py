@@ -84,6 +84,12 @@ def plan_layers(adapter: DecoderAdapter, cfg: RTNConfig) -> dict[int, dict[str, 
     return plan
 
 
+def layer_quant(cfg: RTNConfig, width: int, group_size: int, scale: torch.Tensor, zero: torch.Tensor) -> LayerQuant:
+    """One layer's grid, marked per-channel when asked or when the group rule fell back."""
+    per_channel = cfg.strategy == "channel" or group_size != cfg.group_size
+    return LayerQuant(cfg.num_bits, group_size, scale, zero, per_channel)
+
+
 def calib_batches(calib: Any, batch_size: int, method: str) -> list[torch.Tensor]:
     """Calibration token windows as a list of [B, T] batches."""
     require(calib is not None, f"empty calibration data: {method} needs calibration windows")
@@ -101,7 +107,7 @@ def _rtn(job: Job) -> None:
             qp = qparams(lin.weight.detach(), bits, gs)
             with torch.no_grad():
                 lin.weight.copy_(fake_quant(lin.weight, bits, gs, qp=qp))
-            job.result.layers[name] = LayerQuant(bits, gs, qp.scale, qp.zero)
+            job.result.layers[name] = layer_quant(job.config, lin.in_features, gs, qp.scale, qp.zero)
 
 
 def _gptq_block(job: Job, i: int, q_in: BlockInputs) -> None:
@@ -129,7 +135,7 @@ def _gptq_block(job: Job, i: int, q_in: BlockInputs) -> None:
                                   cfg.block_size, cfg.static_groups)
         with torch.no_grad():
             lin.weight.copy_(Q.to(lin.weight.dtype))
-        job.result.layers[name] = LayerQuant(cfg.num_bits, gs, qp.scale, qp.zero)
+        job.result.layers[name] = layer_quant(cfg, lin.in_features, gs, qp.scale, qp.zero)
 
 
 def _apiq_block(job: Job, i: int, q_in: BlockInputs, fp_in: BlockInputs) -> list[torch.Tensor]:
@@ -152,7 +158,7 @@ def _apiq_block(job: Job, i: int, q_in: BlockInputs, fp_in: BlockInputs) -> list
     for name, q in layers.items():
         layer, qp = q.finalize(merge=cfg.merge_lora)
         set_module(model, name, layer)
-        job.result.layers[name] = LayerQuant(cfg.num_bits, groups[name], qp.scale, qp.zero)
+        job.result.layers[name] = layer_quant(cfg, q.in_features, groups[name], qp.scale, qp.zero)
     return targets
 
 

@@ -21,14 +21,11 @@ class LayerQuant:
     group_size: int
     scale: torch.Tensor  # [out, in/group]
     zero: torch.Tensor  # [out, in/group], integer-valued
+    per_channel: bool = False  # quantized per row because asked, or as the group rule's fallback
 
     @property
     def qparams(self) -> QParams:
         return QParams(self.scale, self.zero)
-
-    @property
-    def per_channel(self) -> bool:
-        return self.scale.shape[1] == 1
 
     @property
     def scheme(self) -> str:

@@ -24,7 +24,7 @@ def commit(ckpt: Checkpoint, index: int, model: nn.Module, adapter: DecoderAdapt
         if name.startswith(prefix):
             tensors[f"scale.{name}"] = lq.scale
             tensors[f"zero.{name}"] = lq.zero
-            tensors[f"meta.{name}"] = torch.tensor([lq.bits, lq.group_size])
+            tensors[f"meta.{name}"] = torch.tensor([lq.bits, lq.group_size, int(lq.per_channel)])
             mod = model.get_submodule(name)
             if isinstance(mod, LoRALinear):
                 lora[name] = [mod.rank, mod.scaling]
@@ -48,8 +48,9 @@ def restore(ckpt: Checkpoint, model: nn.Module, adapter: DecoderAdapter, result:
         for key in tensors:
             if key.startswith("scale."):
                 name = key[len("scale."):]
-                bits, gs = tensors[f"meta.{name}"].tolist()
-                result.layers[name] = LayerQuant(int(bits), int(gs), tensors[key], tensors[f"zero.{name}"])
+                bits, gs, per_channel = tensors[f"meta.{name}"].tolist()
+                result.layers[name] = LayerQuant(int(bits), int(gs), tensors[key], tensors[f"zero.{name}"],
+                                                 bool(per_channel))
         result.history[i] = json.loads(meta.get("history", "{}"))
     saved = ckpt.inputs()
     n, nxt = len(q_in), ckpt.done + 1

@@ -21,7 +21,7 @@ import torch
 
 from surgery import dist
 from surgery.data.sources import read_text
-from surgery.data.windows import calib_windows, eval_windows, tokenize
+from surgery.data.windows import calib_windows, check_vocab, eval_windows, tokenize
 from surgery.errors import require
 from surgery.evaluate import compare
 from surgery.export.card import model_card, versions
@@ -57,7 +57,9 @@ class RunState:
         require(self.tok is not None, "the model has no tokenizer; cannot read text")
         if source not in self.texts:
             self.texts[source] = read_text(source, self.data_dir)
-        return tokenize(self.tok, self.texts[source])
+        ids = tokenize(self.tok, self.texts[source])
+        check_vocab(ids, self.net.get_input_embeddings().num_embeddings, source)
+        return ids
 
     @property
     def label(self) -> str:
@@ -110,12 +112,16 @@ def _quant(st: RunState, stage: Stage, recipe: Recipe) -> None:
                                  "lora_params": st.quant.lora_params(st.net)})
 
 
-def _eval(st: RunState, stage: Stage, dense: torch.nn.Module) -> None:
+def _eval(st: RunState, stage: Stage, dense: torch.nn.Module, base_path: str, folder: Path, name: str) -> None:
+    """Dense vs the folder just written (loaded as its card says): the comparison files go beside it."""
+    from surgery.recipe.report import evaluate_folders
+
     ev = stage.spec
     t0 = time.time()
     sets = {d: eval_windows(st.ids(d), ev.seqlen, ev.max_windows) for d in ev.data}
-    reports = [compare.evaluate_lm(dense, sets, "dense", speed=ev.speed, batch_size=ev.batch_size),
-               compare.evaluate_lm(st.net, sets, st.label, dense=dense, speed=ev.speed, batch_size=ev.batch_size)]
+    reports = evaluate_folders(dense, base_path, st.tok, sets, {name: folder}, speed=ev.speed, tasks=ev.tasks,
+                               data_dir=st.data_dir, batch_size=ev.batch_size)
+    compare.write(reports, folder)
     st.metrics["comparison"] = compare.to_json(reports)
     st.metrics["table"] = compare.to_markdown(reports)
     st.metrics["stages"].append({"stage": stage.name, "seconds": round(time.time() - t0, 2)})
@@ -157,12 +163,8 @@ def execute(plan: Plan, overwrite: bool = False, data_dir: str | None = None, pr
             _prune(st, stage, recipe)
         elif stage.kind == "quant":
             _quant(st, stage, recipe)
-        else:
-            _eval(st, stage, dense)
-    st.metrics["seconds"] = round(time.time() - t0, 2)
-    st.metrics["saliency_maps"] = st.shared.log
     if dist.is_main():  # data-parallel: every rank computed the same model; one writes it
-        _write(out, overwrite, st, dense, recipe, plan.source, str(plan.base_path))
+        _write(out, overwrite, st, dense, recipe, plan.source, str(plan.base_path), t0)
         shutil.rmtree(partial, ignore_errors=True)
     dist.barrier()
     return st.metrics
@@ -190,8 +192,9 @@ def _unlearn_table(m: dict[str, Any] | None) -> str:
 
 
 def _write(out: Path, overwrite: bool, st: RunState, dense: torch.nn.Module, recipe: Recipe, source: str,
-           base_path: str) -> None:
-    """The output folder, atomically: model, recipe.yaml, metrics.json, versions.json, README.md."""
+           base_path: str, t0: float) -> None:
+    """The output folder, atomically: model, its evaluation (eval_stage), recipe.yaml, metrics.json,
+    versions.json, README.md."""
     with atomic_dir(out, overwrite=overwrite) as tmp:
         if st.quant is not None:
             from surgery.quantize.save import write_quantized
@@ -199,8 +202,12 @@ def _write(out: Path, overwrite: bool, st: RunState, dense: torch.nn.Module, rec
             st.quant_export = write_quantized(st.net, st.quant, tmp, tokenizer=st.tok)
         else:
             write_model(st.net, tmp, tokenizer=st.tok)
-        st.metrics["disk_bytes"] = {"dense_fp": sum(p.numel() * p.element_size() for p in dense.parameters()),
-                                    "result": size_on_disk(tmp)}
+        st.metrics["disk_bytes"] = {"dense": size_on_disk(base_path), "result": size_on_disk(tmp)}
+        for stage in recipe.stages:
+            if stage.kind == "eval":
+                _eval(st, stage, dense, base_path, tmp, st.label)
+        st.metrics["seconds"] = round(time.time() - t0, 2)
+        st.metrics["saliency_maps"] = st.shared.log
         for write in st.writers:
             write(tmp)
         recipe_text = recipe.dump(model=source)

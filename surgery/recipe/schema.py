@@ -77,10 +77,14 @@ class EvalStage:
     max_windows: PosInt | None = None
     batch_size: PosInt = 8
     speed: Bool = True
+    tasks: list[Str] = dataclasses.field(default_factory=list)
 
     def __post_init__(self) -> None:
+        from surgery.evaluate.tasks import check_specs
+
         for d in self.data:
             parse_source(d)
+        check_specs(self.tasks)
 
 
 @config_class
@@ -198,7 +202,7 @@ class Recipe:
             if st.kind in ("quant", "prune"):
                 out.append(st.calibration(self.calibration).data)
             elif st.kind == "eval":
-                out += st.spec.data
+                out += st.spec.data + [t.split("@", 1)[1] for t in st.spec.tasks if t.startswith(("nextline@", "wordorder@"))]
             elif st.kind == "unlearn" and st.spec.data.forget is not None:
                 out += [st.spec.data.forget, st.spec.data.retain]
         return list(dict.fromkeys(out))
@@ -321,4 +325,6 @@ def parse(path: str | os.PathLike, overrides: list[str] | None = None) -> Recipe
         except SurgeryError as e:
             raise SurgeryError(f"{where}: {key}: {e}" if key in TOP + tuple(STAGES) else f"{where}: {e}") from None
     require(bool(stages), f"{p}: the recipe has no stage ({', '.join(STAGES)})")
+    require(all(s.kind != "eval" for s in stages[:-1]),
+            f"{p}: eval_stage must be the last stage (it evaluates the folder the recipe writes)")
     return Recipe(str(p), model, calib, stages)
