@@ -29,32 +29,9 @@ __getattr__, __dir__ = lazy(
     unlearn="UnlearnConfig",
     **{"models.structural": "structural_scores"},
 )
-# The engine packages are loaded now (their __init__ is light), so that the verbs below keep their
-# names here: a later `import surgery.quantize` does not rebind `surgery.quantize` to the package.
-from surgery import prune as _prune_package  # noqa: E402, F401
-from surgery import quantize as _quantize_package  # noqa: E402, F401
-from surgery import unlearn as _unlearn_package  # noqa: E402, F401
-
-
-def quantize(model, config, calib=None, **kwargs):  # type: ignore[no-untyped-def]
-    """`surgery.quantize.engine.quantize`: RTN / GPTQ / ApiQ by config type."""
-    from surgery.quantize.engine import quantize as run
-
-    return run(model, config, calib, **kwargs)
-
-
-def prune(model, config, calib, search_calib=None, **kwargs):  # type: ignore[no-untyped-def]
-    """`surgery.prune.engine.prune`: Týr-style structural pruning."""
-    from surgery.prune.engine import prune as run
-
-    return run(model, config, calib, search_calib, **kwargs)
-
-
-def unlearn(model, config, forget, retain=None, **kwargs):  # type: ignore[no-untyped-def]
-    """`surgery.unlearn.engine.unlearn`: SalUn and its baselines."""
-    from surgery.unlearn.engine import unlearn as run
-
-    return run(model, config, forget, retain, **kwargs)
+# The engine packages are light to import and callable as their verbs: `surgery.quantize(model,
+# config, calib=...)` runs `surgery.quantize.engine.quantize`, and `surgery.quantize.engine` stays the module.
+from surgery import prune, quantize, unlearn  # noqa: E402
 
 
 def _register_sliced() -> None:

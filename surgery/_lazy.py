@@ -20,3 +20,16 @@ def lazy(package: str, **modules: str) -> tuple[Callable[[str], Any], Callable[[
         return sorted(names)
 
     return __getattr__, __dir__
+
+
+def verb(package: str, module: str, name: str) -> None:
+    """Make `package` callable as its verb (`surgery.quantize(model, config, ...)` calls
+    `surgery.quantize.engine.quantize`) while it stays the package (`surgery.quantize.engine`)."""
+    import sys
+    import types
+
+    class Verb(types.ModuleType):
+        def __call__(self, *args: Any, **kwargs: Any) -> Any:
+            return getattr(import_module(f"{package}.{module}"), name)(*args, **kwargs)
+
+    sys.modules[package].__class__ = Verb

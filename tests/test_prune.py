@@ -18,7 +18,7 @@ from surgery.prune import supernet as supernet_module
 from surgery.prune.apply import apply_masked, slice_model
 from surgery.prune.search import Space, mutate
 from surgery.prune.solver import Covariance, Snapshot, damped, progressive_prune, unit_scores
-from surgery.prune.supernet import Supernet
+from surgery.prune.supernet import Candidate, Supernet
 from surgery.prune.units import SubKey, layout, target_removals
 
 SEARCH = SearchConfig(generations=3, offspring=4, survivors=[2, 1], stage_windows=[2, 4, 8], top_k=16)
@@ -98,7 +98,7 @@ def dense_supernet(model, removed_units):
         kept = torch.tensor([u for u in range(s.units) if u not in removed_units.get(s.key, [])])
         cols = (gone.view(-1, 1) * s.unit_cols + torch.arange(s.unit_cols)).reshape(-1)
         w[:, cols] = 0
-        net.candidates[s.key] = {len(gone): Snapshot(kept, w)}
+        net.candidates[s.key] = {len(gone): Candidate.of(Snapshot(kept, w), s.unit_cols)}
     return ad, net, {k: len(v) for k, v in removed_units.items()} | {
         s.key: 0 for s in lay.sublayers if s.key not in removed_units}
 

@@ -6,10 +6,16 @@ arguments it receives (rotary embeddings, masks): they differ between blocks in 
 sliding-window and global attention (Gemma 2/3, Qwen). The blocks themselves do not run during the
 capture: each block's forward is swapped for a recorder that passes the hidden states through.
 Block inputs are kept once per batch (optionally on CPU); kwargs are shared tensors, not copies.
+
+Sequential onloading (llm-compressor's pipeline): the model stays where it was loaded (CPU,
+memory-mapped from safetensors); `onloaded` moves one block — or the modules around the blocks — to
+the compute device for its work and back; `rebind` points a finished block's parameters at the
+tensors of a committed checkpoint file (memory-mapped), so its copy in anonymous memory is freed.
 """
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -63,11 +69,53 @@ def _to(obj: Any, device: torch.device) -> Any:
     return obj
 
 
+def module_device(module: nn.Module) -> torch.device:
+    return next(iter(module.parameters()), torch.empty(0)).device
+
+
+@contextmanager
+def onloaded(modules: nn.Module | list[nn.Module], device: torch.device | None) -> Iterator[None]:
+    """`modules` on `device` inside the block, back on their own devices after (a no-op without a
+    device or when they are there already)."""
+    mods = modules if isinstance(modules, list) else [modules]
+    homes = [module_device(m) for m in mods]
+    moving = device is not None and any(h != torch.device(device) for h in homes)
+    if moving:
+        for m in mods:
+            m.to(device)
+    try:
+        yield
+    finally:
+        if moving:
+            for m, h in zip(mods, homes):
+                m.to(h)
+
+
+def outer_modules(adapter: DecoderAdapter) -> list[nn.Module]:
+    """What runs before the blocks (embeddings, rotary embeddings) and after them (final norm, head)."""
+    outer = [m for name, m in adapter.decoder.named_children() if name != "layers"]
+    head = adapter.lm_head
+    return outer + ([head] if head is not None else [])
+
+
+def rebind(module: nn.Module, tensors: dict[str, torch.Tensor]) -> None:
+    """Make `module`'s parameters and buffers the given tensors (no copy: memory-mapped tensors stay
+    file-backed), by state-dict name."""
+    module.load_state_dict(tensors, strict=True, assign=True)
+    for p in module.parameters():
+        p.requires_grad_(False)
+
+
 @torch.no_grad()
-def capture_block_inputs(adapter: DecoderAdapter, batches: Iterable[torch.Tensor],
-                         offload: bool = False) -> BlockInputs:
-    """Run the embeddings for each batch of token ids; keep block 0's hidden states and every
-    block's kwargs."""
+def capture_block_inputs(adapter: DecoderAdapter, batches: Iterable[torch.Tensor], offload: bool = False,
+                         device: torch.device | None = None) -> BlockInputs:
+    """Run the embeddings for each batch of token ids (on `device` when given); keep block 0's hidden
+    states and every block's kwargs."""
+    with onloaded(outer_modules(adapter), device):
+        return _capture(adapter, batches, offload)
+
+
+def _capture(adapter: DecoderAdapter, batches: Iterable[torch.Tensor], offload: bool) -> BlockInputs:
     model = adapter.model
     device = adapter.embed_tokens.weight.device
     layers = adapter.layers

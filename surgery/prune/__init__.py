@@ -1,5 +1,5 @@
 """Pruning engine: Týr-style global structural sparsity search, sliced export."""
-from surgery._lazy import lazy
+from surgery._lazy import lazy, verb
 
 __getattr__, __dir__ = lazy(
     __name__,
@@ -7,3 +7,4 @@ __getattr__, __dir__ = lazy(
     engine="PruneResult prune",
 )
 __all__ = __dir__()
+verb(__name__, "engine", "prune")  # surgery.prune(...) is surgery.prune.engine.prune(...)

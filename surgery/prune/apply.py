@@ -24,7 +24,7 @@ def apply_masked(adapter: DecoderAdapter, net: Supernet, removed: Dist) -> None:
     with torch.no_grad():
         for key, r in removed.items():
             lin = adapter.output_proj(key.layer, key.kind)
-            lin.weight.copy_(net.weight(key, r).to(lin.weight.dtype))
+            lin.weight.data = net.weight(key, r).to(lin.weight.device, lin.weight.dtype)
 
 
 def _cuts(adapter: DecoderAdapter, net: Supernet, removed: Dist) -> tuple[dict[str, tuple[list[Piece], torch.Tensor]],

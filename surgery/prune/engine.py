@@ -182,7 +182,7 @@ def prune(model: nn.Module, config: PruneConfig, calib: torch.Tensor | None, sea
     search_windows = (calib if search_calib is None else search_calib)[: cfg.search_samples]
     require(search_windows.shape[0] >= cfg.search.stage_windows[-1],
             f"the search needs {cfg.search.stage_windows[-1]} fitness windows, got {search_windows.shape[0]}")
-    dense = {s.key: adapter.output_proj(s.key.layer, s.key.kind).weight.detach().clone() for s in lay.sublayers}
+    dense = {s.key: adapter.output_proj(s.key.layer, s.key.kind).weight.data for s in lay.sublayers}  # no copy
     fp = fingerprint(model, [calib, search_windows], to_dict(cfg),
                      saliency=saliency.metadata if saliency is not None else None)
     fitness = TopKFitness(model, search_windows, cfg.search.top_k, cfg.batch_size)
@@ -196,7 +196,7 @@ def prune(model: nn.Module, config: PruneConfig, calib: torch.Tensor | None, sea
         space = _space(lay, centres, cfg, t)
         with torch.no_grad():  # every supernet starts from the dense weights
             for key, w in dense.items():
-                adapter.output_proj(key.layer, key.kind).weight.copy_(w)
+                adapter.output_proj(key.layer, key.kind).weight.data = w
         folder = Path(resume_dir) / f"iteration_{t}" if resume_dir else None
         it_fp = fingerprint(config={"base": fp, "iteration": t, "centres": dist_to_json(centres)})
         net = build_supernet(adapter, lay, space.levels, centres, inputs, cfg.accumulation, cfg.damp,

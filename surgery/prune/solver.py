@@ -39,8 +39,8 @@ class Covariance:
         self.n += m
 
 
-def damped(H: torch.Tensor, damp: float) -> torch.Tensor:
-    H = H.clone()
+def damped(H: torch.Tensor, damp: float, inplace: bool = False) -> torch.Tensor:
+    H = H if inplace else H.clone()
     dead = torch.diag(H) == 0
     H[dead, dead] = 1.0
     H += damp * torch.mean(torch.diag(H)) * torch.eye(H.shape[0], dtype=H.dtype, device=H.device)
@@ -90,11 +90,14 @@ def progressive_prune(W: torch.Tensor, cov: Covariance, W_dense: torch.Tensor, u
 
     W is the starting weight (the current, possibly already-updated projection), W_dense the dense
     weight that defines the targets Y. Each step between two requested counts is done in up to
-    `rounds` rounds of equal size (the cheapest units of each round go together).
+    `rounds` rounds of equal size (the cheapest units of each round go together). The statistics
+    are consumed: H is damped in place and M released once C = M·W_denseᵀ is formed (two in×in
+    matrices fewer at the peak).
     """
     W = W.detach().to(torch.float64).clone()
-    H = damped(cov.H.to(W.device), damp)
+    H = damped(cov.H.to(W.device), damp, inplace=True)
     C = cov.M.to(W.device, torch.float64) @ W_dense.detach().to(W.device, torch.float64).t()  # XᵀY [in, out]
+    cov.H, cov.M = H, None
     n_units = W.shape[1] // unit_size
     if W.shape[1] % unit_size:
         raise SurgeryError(f"{W.shape[1]} input columns do not split into units of {unit_size}")

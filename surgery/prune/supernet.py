@@ -30,20 +30,46 @@ def level_set(centre: int, step: int, levels: int, units: int, min_units: int) -
     return sorted(v for v in vals if 0 <= v <= units - min_units)
 
 
+@dataclass(frozen=True)
+class Candidate:
+    """One level of one sub-layer, stored compactly: the kept units and only their columns."""
+
+    kept: torch.Tensor  # unit ids, ascending
+    columns: torch.Tensor  # [out, kept units · unit] — the re-solved weights of the kept columns
+    shape: tuple[int, int]
+    unit: int  # columns per unit
+
+    @classmethod
+    def of(cls, snap: Snapshot, unit: int) -> Candidate:
+        cols = _cols(snap.kept_units, unit)
+        return cls(snap.kept_units, snap.weight[:, cols].to(torch.float32).contiguous(), tuple(snap.weight.shape), unit)
+
+    def full(self) -> torch.Tensor:
+        out = torch.zeros(self.shape, dtype=self.columns.dtype)
+        out[:, _cols(self.kept, self.unit)] = self.columns
+        return out
+
+
+def _cols(kept: torch.Tensor, unit: int) -> torch.Tensor:
+    return (kept.to(torch.long).view(-1, 1) * unit + torch.arange(unit)).reshape(-1)
+
+
 @dataclass
 class Supernet:
-    """Candidates per sub-layer: removal count → snapshot (kept units, re-solved weight)."""
+    """Candidates per sub-layer: removal count → candidate (kept units, re-solved weights). With a
+    checkpoint, committed blocks' candidates are memory-mapped from their files."""
 
-    candidates: dict[SubKey, dict[int, Snapshot]] = field(default_factory=dict)
+    candidates: dict[SubKey, dict[int, Candidate]] = field(default_factory=dict)
 
     def levels(self, key: SubKey) -> list[int]:
         return sorted(self.candidates[key])
 
     def weight(self, key: SubKey, removed: int) -> torch.Tensor:
-        return self.candidates[key][removed].weight
+        """The full-shape output projection of this level (pruned columns zero)."""
+        return self.candidates[key][removed].full()
 
     def kept(self, key: SubKey, removed: int) -> torch.Tensor:
-        return self.candidates[key][removed].kept_units
+        return self.candidates[key][removed].kept
 
 
 def _capture(block: nn.Module, modules: dict[str, nn.Module], hidden: torch.Tensor,
@@ -75,32 +101,25 @@ def _propagation_weight(snaps: dict[int, Snapshot], centre: int, units: int, mod
     return out.to(dense.dtype)
 
 
-def _pack(cands: dict[SubKey, dict[int, Snapshot]], unit_cols: dict[SubKey, int]) -> dict[str, torch.Tensor]:
-    """Candidates as tensors: kept unit ids and the kept columns only (not the zero ones)."""
+def _pack(cands: dict[SubKey, dict[int, Candidate]]) -> dict[str, torch.Tensor]:
     tensors = {}
-    for key, snaps in cands.items():
-        unit = unit_cols[key]
-        for r, sn in snaps.items():
-            keep_cols = (sn.kept_units.view(-1, 1) * unit + torch.arange(unit)).reshape(-1)
-            tensors[f"{key}.{r}.kept"] = sn.kept_units.to(torch.int32)
-            tensors[f"{key}.{r}.weight"] = sn.weight[:, keep_cols].to(torch.float32).contiguous()
-            tensors[f"{key}.{r}.shape"] = torch.tensor(list(sn.weight.shape) + [unit], dtype=torch.int64)
+    for key, levels in cands.items():
+        for r, c in levels.items():
+            tensors[f"{key}.{r}.kept"] = c.kept.to(torch.int32)
+            tensors[f"{key}.{r}.weight"] = c.columns
+            tensors[f"{key}.{r}.shape"] = torch.tensor([*c.shape, c.unit], dtype=torch.int64)
     return tensors
 
 
-def _unpack(tensors: dict[str, torch.Tensor]) -> dict[SubKey, dict[int, Snapshot]]:
-    out: dict[SubKey, dict[int, Snapshot]] = {}
+def _unpack(tensors: dict[str, torch.Tensor]) -> dict[SubKey, dict[int, Candidate]]:
+    out: dict[SubKey, dict[int, Candidate]] = {}
     for name in tensors:
-        if not name.endswith(".kept"):
-            continue
-        key_r = name[: -len(".kept")]
-        key, r = key_r.rsplit(".", 1)
-        out_f, in_f, unit = tensors[f"{key_r}.shape"].tolist()
-        kept = tensors[name].to(torch.long)
-        full = torch.zeros(out_f, in_f)
-        cols = (kept.view(-1, 1) * unit + torch.arange(unit)).reshape(-1)
-        full[:, cols] = tensors[f"{key_r}.weight"]
-        out.setdefault(SubKey.parse(key), {})[int(r)] = Snapshot(kept, full)
+        if name.endswith(".kept"):
+            key_r = name[: -len(".kept")]
+            key, r = key_r.rsplit(".", 1)
+            rows, cols, unit = tensors[f"{key_r}.shape"].tolist()
+            out.setdefault(SubKey.parse(key), {})[int(r)] = Candidate(
+                tensors[name].to(torch.long), tensors[f"{key_r}.weight"], (rows, cols), unit)
     return out
 
 
@@ -123,7 +142,7 @@ def build_supernet(adapter: DecoderAdapter, lay: Layout, levels: dict[SubKey, li
         block, kwargs = adapter.layers[i], inputs.at(i).kwargs
         mine = [subs[SubKey(i, kind)] for kind in KINDS if SubKey(i, kind) in subs]
         projs = {s.key.kind: adapter.output_proj(i, s.key.kind) for s in mine}
-        dense_w = {kind: p.weight.detach().clone() for kind, p in projs.items()}
+        dense_w = {kind: p.weight.data for kind, p in projs.items()}  # the tensors themselves: put back, not copied
         dense_x: dict[str, list[torch.Tensor]] = {kind: [] for kind in projs}
         dense_out = []
         for h, kw in zip(dense_in, kwargs):
@@ -131,7 +150,7 @@ def build_supernet(adapter: DecoderAdapter, lay: Layout, levels: dict[SubKey, li
             for kind in projs:
                 dense_x[kind].append(xs[kind])
             dense_out.append(out)
-        cands: dict[SubKey, dict[int, Snapshot]] = {}
+        cands: dict[SubKey, dict[int, Candidate]] = {}
         try:
             for sub in mine:  # attention first: the FFN sees the propagated attention
                 kind = sub.key.kind
@@ -143,8 +162,8 @@ def build_supernet(adapter: DecoderAdapter, lay: Layout, levels: dict[SubKey, li
                 cov.n = dist.merge_means_([cov.H, cov.M], cov.n)
                 snaps = progressive_prune(W, cov, W, sub.unit_cols, levels[sub.key], damp, rounds)
                 with torch.no_grad():
-                    proj.weight.copy_(_propagation_weight(snaps, centres[sub.key], sub.units, mode, W))
-                cands[sub.key] = {r: Snapshot(sn.kept_units, sn.weight.float()) for r, sn in snaps.items()}
+                    proj.weight.data = _propagation_weight(snaps, centres[sub.key], sub.units, mode, W)
+                cands[sub.key] = {r: Candidate.of(sn, sub.unit_cols) for r, sn in snaps.items()}
             if mode == "none":
                 acc_in = dense_out
             else:
@@ -153,11 +172,16 @@ def build_supernet(adapter: DecoderAdapter, lay: Layout, levels: dict[SubKey, li
         finally:
             with torch.no_grad():
                 for kind, p in projs.items():
-                    p.weight.copy_(dense_w[kind])
+                    p.weight.data = dense_w[kind]
         dense_in = dense_out
         net.candidates.update(cands)
-        if ckpt is not None:
+        if ckpt is not None:  # commit, then keep the block's candidates and the inputs memory-mapped
             saved = {**{f"acc.{j}": h for j, h in enumerate(acc_in)},
                      **{f"dense.{j}": h for j, h in enumerate(dense_in)}}
-            ckpt.commit(i, _pack(cands, {k: subs[k].unit_cols for k in cands}), inputs=saved)
+            ckpt.commit(i, _pack(cands), inputs=saved)
+            net.candidates.update(_unpack(ckpt.step(i)[0]))
+            if all(h.device.type == "cpu" for h in acc_in):
+                mapped = ckpt.inputs()
+                acc_in = [mapped[f"acc.{j}"] for j in range(len(acc_in))]
+                dense_in = [mapped[f"dense.{j}"] for j in range(len(dense_in))]
     return net

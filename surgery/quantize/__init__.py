@@ -1,5 +1,5 @@
 """Quantization engine: RTN, GPTQ and ApiQ-bw (± the saliency regulariser); export."""
-from surgery._lazy import lazy
+from surgery._lazy import lazy, verb
 
 __getattr__, __dir__ = lazy(
     __name__,
@@ -9,3 +9,4 @@ __getattr__, __dir__ = lazy(
     save="export",
 )
 __all__ = __dir__()
+verb(__name__, "engine", "quantize")  # surgery.quantize(...) is surgery.quantize.engine.quantize(...)

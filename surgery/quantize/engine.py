@@ -22,7 +22,7 @@ from surgery.checkpoint import Checkpoint, fingerprint
 from surgery.config import to_dict
 from surgery.errors import SurgeryError, require
 from surgery.models.adapters import DecoderAdapter
-from surgery.models.blockwise import BlockInputs, capture_block_inputs, run_block
+from surgery.models.blockwise import BlockInputs, capture_block_inputs, module_device, onloaded, run_block
 from surgery.models.modules import set_module
 from surgery.models.targets import select
 from surgery.quantize import resume
@@ -50,6 +50,7 @@ class Job:
     resume_dir: str | None
     offload: bool
     progress: bool
+    device: torch.device | None = None
 
 
 Handler = Callable[[Job], None]
@@ -106,7 +107,7 @@ def _rtn(job: Job) -> None:
             lin = job.model.get_submodule(name)
             qp = qparams(lin.weight.detach(), bits, gs)
             with torch.no_grad():
-                lin.weight.copy_(fake_quant(lin.weight, bits, gs, qp=qp))
+                lin.weight.data = fake_quant(lin.weight, bits, gs, qp=qp)  # new storage: mapped weights stay clean
             job.result.layers[name] = layer_quant(job.config, lin.in_features, gs, qp.scale, qp.zero)
 
 
@@ -127,14 +128,16 @@ def _gptq_block(job: Job, i: int, q_in: BlockInputs) -> None:
         acc.n = dist.merge_means_([acc.H], acc.n)
     for name, gs in groups.items():
         lin = model.get_submodule(name)
-        if hess[name].n == 0:  # a MoE expert no calibration token reached: round to nearest
+        acc = hess.pop(name)  # each Hessian is freed once its layer is done
+        if acc.n == 0:  # a MoE expert no calibration token reached: round to nearest
             qp = qparams(lin.weight.detach(), cfg.num_bits, gs)
             Q = fake_quant(lin.weight.detach(), cfg.num_bits, gs, qp=qp)
         else:
-            Q, qp = gptq_quantize(lin.weight, hess[name].H, cfg.num_bits, gs, cfg.damp, cfg.act_order,
+            Q, qp = gptq_quantize(lin.weight, acc.H, cfg.num_bits, gs, cfg.damp, cfg.act_order,
                                   cfg.block_size, cfg.static_groups)
+        del acc
         with torch.no_grad():
-            lin.weight.copy_(Q.to(lin.weight.dtype))
+            lin.weight.data = Q.to(lin.weight.dtype)  # new storage: mapped weights stay clean
         job.result.layers[name] = layer_quant(cfg, lin.in_features, gs, qp.scale, qp.zero)
 
 
@@ -190,7 +193,8 @@ def _fisher(job: Job) -> SaliencyMap | None:
 
 
 def _blockwise(job: Job, carries_fp: bool) -> None:
-    """Blocks in order on captured calibration inputs, each committed to the checkpoint."""
+    """Blocks in order on captured calibration inputs, one at a time on the compute device, each
+    committed to the checkpoint and then memory-mapped back from it (released from memory)."""
     cfg, adapter = job.config, job.adapter
     batches = calib_batches(job.calib, job.batch_size, cfg.method)
     ckpt = None
@@ -199,8 +203,10 @@ def _blockwise(job: Job, carries_fp: bool) -> None:
                          fisher=job.fisher.metadata if job.fisher is not None else None)
         ckpt = Checkpoint(job.resume_dir, fp, "quantization")
     if carries_fp:
-        job.fisher = _fisher(job)
-    q_in = capture_block_inputs(adapter, dist.shard_rows(batches), job.offload)  # this rank's rows
+        with onloaded(job.model, job.device):
+            job.fisher = _fisher(job)
+    offload = job.offload or (job.device is not None and job.device != module_device(adapter.layers[0]))
+    q_in = capture_block_inputs(adapter, dist.shard_rows(batches), offload, job.device)  # this rank's rows
     fp_in = q_in if carries_fp else None
     start = 0
     if ckpt is not None and ckpt.resuming:
@@ -208,14 +214,17 @@ def _blockwise(job: Job, carries_fp: bool) -> None:
     bar = tqdm(range(start, adapter.num_layers), desc=f"quantize[{cfg.label}]", disable=not job.progress,
                dynamic_ncols=True)
     for i in bar:
-        q_in = q_in.at(i)
-        if carries_fp:
-            fp_in = fp_in.with_hidden(_apiq_block(job, i, q_in, fp_in.at(i)), i + 1)
-        else:
-            _gptq_block(job, i, q_in)
-        q_in = q_in.with_hidden(run_block(adapter.layers[i], q_in, job.offload), i + 1)
+        block = adapter.layers[i]
+        with onloaded(block, job.device):
+            q_in = q_in.at(i)
+            if carries_fp:
+                fp_in = fp_in.with_hidden(_apiq_block(job, i, q_in, fp_in.at(i)), i + 1)
+            else:
+                _gptq_block(job, i, q_in)
+            q_in = q_in.with_hidden(run_block(block, q_in, offload), i + 1)
         if ckpt is not None:
             resume.commit(ckpt, i, job.model, adapter, job.result, q_in, fp_in)
+            q_in, fp_in = resume.release(ckpt, i, adapter, q_in, fp_in)
 
 
 @register(GPTQConfig)
@@ -230,7 +239,7 @@ def _apiq(job: Job) -> None:
 
 def quantize(model: nn.Module, config: QuantConfig, calib: Any = None, *, fisher: SaliencyMap | None = None,
              batch_size: int = 8, resume_dir: str | None = None, offload: bool = False,
-             progress: bool = True) -> QuantResult:
+             device: str | torch.device | None = None, progress: bool = True) -> QuantResult:
     """Quantize `model`'s decoder-block linears in place (weights left on the grid).
 
     Args:
@@ -241,8 +250,11 @@ def quantize(model: nn.Module, config: QuantConfig, calib: Any = None, *, fisher
         fisher: a `SaliencyMap` of kind `fisher` for ApiQ's regulariser; scored on `calib` when
             the regulariser is on and none is given.
         resume_dir: checkpoint every finished block there; a rerun with the same model, windows
-            and config resumes after the last one.
+            and config resumes after the last one. Finished blocks and block inputs are then
+            memory-mapped from their checkpoint files, so memory holds about one block at a time.
         offload: keep block inputs on CPU (for a model on an accelerator).
+        device: the compute device; the model stays where it is and one block at a time moves there
+            (sequential onloading). Default: where the model is.
         progress: a progress bar over blocks.
     """
     handler = _HANDLERS.get(type(config))
@@ -254,7 +266,7 @@ def quantize(model: nn.Module, config: QuantConfig, calib: Any = None, *, fisher
     model.eval()
     result = QuantResult(config)
     job = Job(model, adapter, config, plan_layers(adapter, config), result, calib, batch_size, fisher,
-              resume_dir, offload, progress)
+              resume_dir, offload, progress, torch.device(device) if device is not None else None)
     handler(job)
     result.seconds = time.time() - t0
     return result

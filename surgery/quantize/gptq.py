@@ -60,8 +60,9 @@ def gptq_quantize(W: torch.Tensor, H: torch.Tensor, bits: int, group_size: int, 
         W, H = W[:, perm], H[perm][:, perm]
     H += damp * torch.mean(torch.diag(H)) * torch.eye(cols, device=W.device)
     try:
-        L = torch.linalg.cholesky(H)
-        Hinv = torch.linalg.cholesky(torch.cholesky_inverse(L), upper=True)
+        Hinv = torch.cholesky_inverse(torch.linalg.cholesky(H))
+        del H  # keep at most two in×in matrices alive: the working set GPTQ needs
+        Hinv = torch.linalg.cholesky(Hinv, upper=True)
     except RuntimeError:
         raise SurgeryError("GPTQ: the damped Hessian is not positive definite; raise damping") from None
     Q = torch.zeros_like(W)

@@ -9,7 +9,7 @@ from torch import nn
 
 from surgery.checkpoint import Checkpoint
 from surgery.models.adapters import DecoderAdapter
-from surgery.models.blockwise import BlockInputs
+from surgery.models.blockwise import BlockInputs, module_device, rebind
 from surgery.models.modules import set_module
 from surgery.quantize.lora import LoRALinear
 from surgery.quantize.result import LayerQuant, QuantResult
@@ -57,3 +57,20 @@ def restore(ckpt: Checkpoint, model: nn.Module, adapter: DecoderAdapter, result:
     q = q_in.with_hidden([saved[f"q.{j}"] for j in range(n)], nxt)
     fp = q_in.with_hidden([saved[f"fp.{j}"] for j in range(n)], nxt) if carries_fp else None
     return nxt, q, fp
+
+
+def release(ckpt: Checkpoint, index: int, adapter: DecoderAdapter, q_in: BlockInputs,
+            fp_in: BlockInputs | None) -> tuple[BlockInputs, BlockInputs | None]:
+    """Point block `index` and the next block's inputs at the committed files (memory-mapped): what
+    memory held for them is freed."""
+    tensors, _ = ckpt.step(index)
+    block = adapter.layers[index]
+    if module_device(block).type == "cpu":
+        rebind(block, {k[3:]: v for k, v in tensors.items() if k.startswith("sd.")})
+    saved = ckpt.inputs()
+    n = len(q_in)
+    if all(h.device.type == "cpu" for h in q_in.hidden):
+        q_in = q_in.with_hidden([saved[f"q.{j}"] for j in range(n)])
+        if fp_in is not None:
+            fp_in = fp_in.with_hidden([saved[f"fp.{j}"] for j in range(n)])
+    return q_in, fp_in

@@ -1,0 +1,89 @@
+"""Peak anonymous memory (RssAnon: beyond the memory-mapped weights) while GPTQ quantizes a model
+loaded lazily from safetensors, with and without releasing finished blocks to their checkpoint.
+Prints JSON. Used by tests/test_memory.py and benchmarks/scaling.py."""
+from __future__ import annotations
+
+import json
+import re
+import sys
+import tempfile
+import threading
+from pathlib import Path
+
+import torch
+
+
+def anon_mib() -> float:
+    text = Path("/proc/self/status").read_text()
+    return int(re.search(r"RssAnon:\s+(\d+)", text).group(1)) / 1024
+
+
+class Peak:
+    def __enter__(self):
+        self.start = anon_mib()
+        self.peak = self.start
+        self._stop = threading.Event()
+
+        def sample():
+            while not self._stop.is_set():
+                self.peak = max(self.peak, anon_mib())
+                self._stop.wait(0.002)
+
+        self._t = threading.Thread(target=sample, daemon=True)
+        self._t.start()
+        return self
+
+    def __exit__(self, *a):
+        self._stop.set()
+        self._t.join()
+        self.peak = max(self.peak, anon_mib())
+
+    @property
+    def extra(self) -> float:
+        return self.peak - self.start
+
+
+def build(folder: Path, hidden: int, layers: int, inter: int) -> None:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=256, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=hidden // 32,
+                      num_key_value_heads=2, intermediate_size=inter, max_position_embeddings=256)
+    LlamaForCausalLM(cfg).save_pretrained(folder)
+
+
+def main(folder: str, mode: str, method: str = "gptq") -> None:
+    from surgery.models import DecoderAdapter, load_model
+    from surgery.quantize import ApiQConfig, GPTQConfig, quantize
+
+    model, _ = load_model(folder)
+    ad = DecoderAdapter(model)
+    block = sum(p.numel() * p.element_size() for p in ad.layers[0].parameters()) / 2**20
+    weights = sum(p.numel() * p.element_size() for p in model.parameters()) / 2**20
+    calib = torch.randint(0, 256, (16, 64), generator=torch.Generator().manual_seed(0))
+    cfg = GPTQConfig(num_bits=4, group_size=32) if method == "gptq" else ApiQConfig(num_bits=4, group_size=32,
+                                                                                      epochs=1, lora_rank=4)
+    from surgery.prune import PruneConfig, SearchConfig, prune
+
+    def run(tmp: str | None) -> None:
+        if method == "supernet":  # the supernet build alone (no search generation)
+            prune(model, PruneConfig(sparsity=0.25, start="uniform", iterations=1, levels=5, search_samples=4,
+                                     batch_size=4, search=SearchConfig(generations=0, stage_windows=[2, 4],
+                                                                       survivors=[2], top_k=16)),
+                  calib, calib, resume_dir=tmp, progress=False)
+        else:
+            quantize(model, cfg, calib=calib, batch_size=4, resume_dir=tmp, progress=False)
+    with torch.no_grad():  # one-time allocations (kernels, thread pools) before the measurement
+        model(calib[:4])
+        torch.linalg.cholesky(torch.eye(8))
+    with tempfile.TemporaryDirectory() as tmp, Peak() as peak:
+        run(tmp if mode == "release" else None)
+    print(json.dumps({"peak_extra_mib": peak.extra, "block_mib": block, "weights_mib": weights,
+                      "blocks": len(ad.layers)}))
+
+
+if __name__ == "__main__":
+    if sys.argv[1] == "build":
+        build(Path(sys.argv[2]), *map(int, sys.argv[3:6]))
+    else:
+        main(*sys.argv[1:])
