@@ -44,11 +44,67 @@ def init_from_env(cpu: bool | None = None) -> bool:
     return True
 
 
+def resolve_device(name: str = "auto", what: str = "device") -> torch.device:
+    """`auto` = this rank's CUDA device when present (LOCAL_RANK under torchrun), else CPU; `cuda`
+    means this rank's too; `cuda:N` and `cpu` as given. Checked against the machine, in one line."""
+    local_gpu = int(os.environ.get("LOCAL_RANK", "0"))
+    if name == "auto":
+        return torch.device("cuda", local_gpu) if torch.cuda.is_available() else torch.device("cpu")
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise SurgeryError(f"{what}: unknown device {name!r} (auto, cpu, cuda, cuda:N)") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise SurgeryError(f"{what} {name}: no CUDA device on this machine")
+        if dev.index is None:
+            dev = torch.device("cuda", local_gpu)
+        if dev.index >= torch.cuda.device_count():
+            raise SurgeryError(f"{what} {name}: only {torch.cuda.device_count()} CUDA devices")
+    elif dev.type != "cpu":
+        raise SurgeryError(f"{what}: unsupported device type {dev.type!r}")
+    return dev
+
+
 def all_reduce_sum_(t: torch.Tensor) -> torch.Tensor:
     """Sum `t` over ranks in place (gloo needs CPU tensors; nccl needs CUDA ones)."""
     if is_distributed():
         tdist.all_reduce(t, op=tdist.ReduceOp.SUM)
     return t
+
+
+def all_gather_stack(t: torch.Tensor) -> torch.Tensor:
+    """Every rank's `t`, stacked in rank order: [world, *t.shape]."""
+    if not is_distributed():
+        return t.unsqueeze(0)
+    parts = [torch.empty_like(t) for _ in range(world_size())]
+    tdist.all_gather(parts, t)
+    return torch.stack(parts)
+
+
+def local_rows(n: int) -> tuple[slice, float]:
+    """This rank's contiguous share of `n` rows (sizes differ by at most one) and the weight that
+    makes the ranks' averaged gradients of per-row-mean losses equal the one-process gradient.
+
+    A rank left without rows (n < world) still has to run forward and backward (the collectives
+    wait for it): it gets the first row with weight 0, which adds exactly nothing.
+    """
+    if not is_distributed():
+        return slice(0, n), 1.0
+    w, r = world_size(), rank()
+    base, extra = divmod(n, w)
+    start = r * base + min(r, extra)
+    size = base + (1 if r < extra else 0)
+    if size == 0:
+        return slice(0, 1), 0.0
+    return slice(start, start + size), size * w / n
+
+
+def unwrap(model: "torch.nn.Module") -> "torch.nn.Module":
+    """The module inside a DistributedDataParallel wrapper (the model itself otherwise)."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    return model.module if isinstance(model, DistributedDataParallel) else model
 
 
 def shard_rows(batches: list[torch.Tensor]) -> list[torch.Tensor]:

@@ -145,6 +145,15 @@ CASES = [
     ("run-unknown-modifier", "run modifier.yaml --model lm --output r24", "GPTQModifer: unknown option"),
     ("run-unlearn-method", "run salun_method.yaml --model vision --output r25", "SalUnModifier sets the method"),
     ("run-lm-stage-on-vision", "run good.yaml --model vision --output r26", "needs a language model"),
+    ("run-device-cuda", "run good.yaml --model lm --output r27 --device cuda", "no CUDA device"),
+    ("run-device-word", "run good.yaml --model lm --output r28 --device gpu", "device must be auto, cpu, cuda"),
+    ("run-recipe-device", "run device.yaml --model lm --output r29", "device.yaml:1: device: device must be"),
+    ("run-recipe-dtype", "run dtype.yaml --model lm --output r30", "dtype must be one of fp32, bf16, fp16"),
+    ("run-dtype-flag", "run good.yaml --model lm --output r31 --dtype int8", "invalid choice"),
+    ("mask-device-cuda", "mask --map absent.safetensors --density 0.1 --out m9.safetensors --device cuda", "not found"),
+    ("demo-device-cuda", "demo --output d1 --device cuda", "no CUDA device"),
+    ("score-fsdp-one-process", "score --model lm --data corpus.txt --seqlen 16 --fsdp --out o36.safetensors",
+     "launch with torchrun"),
     # others
     ("build-unknown", "build no-such-model", "unknown reference model"),
     ("demo-foreign-output", "demo --output foreign", "not a previous demo output"),
@@ -173,6 +182,8 @@ RECIPES = {
     "two.yaml": GOOD.replace("    GPTQModifier: {num_bits: 4, group_size: 8}\n",
                              "    GPTQModifier: {num_bits: 4, group_size: 8}\n    RTNModifier: {}\n"),
     "modifier.yaml": GOOD.replace("GPTQModifier", "GPTQModifer"),
+    "device.yaml": "device: tpu\n" + GOOD,
+    "dtype.yaml": "dtype: float8\n" + GOOD,
     "salun_method.yaml": "unlearn_stage:\n  data: {images: digits, forget_class: 3}\n  unlearn_modifiers:\n"
                          "    SalUnModifier: {method: rl}\n",
 }

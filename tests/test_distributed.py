@@ -50,8 +50,8 @@ def test_two_processes_equal_one(tmp_path):
         assert_same_map(SaliencyMap.load(tmp_path / f"cnn-{kind}.safetensors"), want)
 
 
-def test_cli_under_torchrun_equals_one_process(tmp_path):
-    from surgery.cli.main import main
+def tiny_folder(tmp_path: Path, chars: int) -> tuple[Path, Path]:
+    """A tiny Llama folder with its BPE tokenizer, and a corpus of `chars` characters of held-out text."""
     from surgery.data import text
     from surgery.models import save_model
     from surgery.models.tokenizer import train_bpe
@@ -59,7 +59,14 @@ def test_cli_under_torchrun_equals_one_process(tmp_path):
     model_dir, corpus = tmp_path / "tiny", tmp_path / "c.txt"
     save_model(tiny_llama(vocab_size=300), model_dir,
                tokenizer=train_bpe(text.embedded()["train"].values(), 300))
-    corpus.write_text(text.join(text.embedded()["test"])[:12000])
+    corpus.write_text(text.join(text.embedded()["test"])[:chars])
+    return model_dir, corpus
+
+
+def test_cli_under_torchrun_equals_one_process(tmp_path):
+    from surgery.cli.main import main
+
+    model_dir, corpus = tiny_folder(tmp_path, 12000)
     common = ["score", "--model", str(model_dir), "--data", str(corpus), "--seqlen", "32",
               "--max-windows", "7", "--batch-size", "2", "--kind", "abs_grad"]
     assert main(common + ["--out", str(tmp_path / "one.safetensors")]) == 0
@@ -107,14 +114,9 @@ def test_chained_recipe_under_torchrun_equals_one_process(tmp_path):
     from test_recipe import CHAIN
 
     from surgery.cli.main import main
-    from surgery.data import text
-    from surgery.models import load_model, save_model
-    from surgery.models.tokenizer import train_bpe
+    from surgery.models import load_model
 
-    model_dir, corpus = tmp_path / "tiny", tmp_path / "c.txt"
-    save_model(tiny_llama(vocab_size=300), model_dir,
-               tokenizer=train_bpe(text.embedded()["train"].values(), 300))
-    corpus.write_text(text.join(text.embedded()["test"])[:8000])
+    model_dir, corpus = tiny_folder(tmp_path, 8000)
     recipe = tmp_path / "chain.yaml"
     recipe.write_text(CHAIN.format(corpus=corpus))
     args = ["run", str(recipe), "--model", str(model_dir)]

@@ -10,7 +10,7 @@ import surgery
 ROOT = Path(surgery.__file__).parent
 # layer of each top-level module or package; a module may import its own layer or lower ones
 LAYERS = {
-    "_version": 0, "_lazy": 0, "errors": 0, "io": 0, "dist": 0, "log": 0, "config": 0, "checkpoint": 0,
+    "_version": 0, "_lazy": 0, "errors": 0, "io": 0, "dist": 0, "shards": 0, "log": 0, "config": 0, "checkpoint": 0,
     "saliency": 1,
     "models": 2, "data": 2, "train": 2,
     "export": 3, "evaluate": 3,

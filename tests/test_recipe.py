@@ -8,6 +8,7 @@ import textwrap
 
 import pytest
 import torch
+import yaml
 from transformers import AutoModelForCausalLM
 
 from conftest import tiny_llama
@@ -391,3 +392,22 @@ def test_leftovers_of_killed_runs_never_block_or_linger(tmp_path, model_dir, cor
     assert "restarting the quantization" in capfd.readouterr().err
     assert not stale.exists() and not (tmp_path / ".out.partial").exists()
     assert json.loads((tmp_path / "out" / "metrics.json").read_text())["stages"][0]["label"] == "apiq W3 g8"
+
+
+def test_device_and_dtype_from_the_recipe_and_the_command_line(tmp_path, model_dir, corpus):
+    """`dtype: bf16` loads the weights in bf16 and the folder keeps them; `--dtype`/`--device`
+    override the recipe and the resolved recipe.yaml says what ran."""
+    recipe = write(tmp_path, "device: cpu\ndtype: bf16\n" + GOOD.format(corpus=corpus).replace("GPTQModifier", "RTNModifier")
+                   .replace("      ignore: [lm_head]\n", ""))
+    assert (parse(recipe).device, parse(recipe).dtype) == ("cpu", "bf16")
+    assert main(["run", str(recipe), "--model", str(model_dir), "--output", str(tmp_path / "bf16")]) == 0
+    assert yaml.safe_load((tmp_path / "bf16" / "recipe.yaml").read_text())["dtype"] == "bf16"
+    back = AutoModelForCausalLM.from_pretrained(tmp_path / "bf16")
+    assert back.model.layers[0].mlp.up_proj.weight.dtype == torch.bfloat16
+    assert main(["run", str(recipe), "--model", str(model_dir), "--output", str(tmp_path / "fp32"),
+                 "--dtype", "fp32", "--device", "auto"]) == 0
+    resolved = yaml.safe_load((tmp_path / "fp32" / "recipe.yaml").read_text())
+    assert (resolved["device"], resolved["dtype"]) == ("auto", "fp32")
+    ppl = {d: json.loads((tmp_path / d / "metrics.json").read_text())["comparison"]["models"][1]["metrics"][f"ppl:{corpus}"]
+           for d in ("bf16", "fp32")}
+    assert ppl["bf16"] != ppl["fp32"] and ppl["bf16"] == pytest.approx(ppl["fp32"], rel=0.05)

@@ -90,25 +90,9 @@ def add_image_args(p: argparse.ArgumentParser) -> None:
 
 def device_of(args: argparse.Namespace) -> torch.device:
     """`--device`: auto = the local CUDA device when present (the rank's under torchrun), else CPU."""
-    import torch
+    from surgery.dist import resolve_device
 
-    name = getattr(args, "device", "auto") or "auto"
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-        return torch.device("cpu")
-    try:
-        dev = torch.device(name)
-    except RuntimeError:
-        raise SurgeryError(f"--device: unknown device {name!r} (auto, cpu, cuda, cuda:N)") from None
-    if dev.type == "cuda":
-        require(torch.cuda.is_available(), f"--device {name}: no CUDA device on this machine")
-        if dev.index is None:
-            dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-        require(dev.index < torch.cuda.device_count(), f"--device {name}: only {torch.cuda.device_count()} CUDA devices")
-    else:
-        require(dev.type == "cpu", f"--device: unsupported device type {dev.type!r}")
-    return dev
+    return resolve_device(getattr(args, "device", None) or "auto", "--device")
 
 
 def dtype_of(args: argparse.Namespace) -> torch.dtype:

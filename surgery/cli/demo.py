@@ -59,13 +59,14 @@ def _saliency_table(smap, adapter: DecoderAdapter) -> str:
     return "\n".join(lines)
 
 
-def _unlearn_digits(progress: bool) -> dict:
+def _unlearn_digits(progress: bool, device: torch.device) -> dict:
     from surgery.data.images import digits
     from surgery.unlearn import UnlearnConfig, unlearn
     from surgery.unlearn.metrics import classifier_metrics
     from surgery.unlearn.splits import class_split
 
     clf, _, _ = load_reference("digits-mlp", progress=progress)
+    clf.to(device)
     train, test = digits("train"), digits("test")
     f, r = class_split(train, 3)
     forget, retain = train.subset(f), train.subset(r)
@@ -76,13 +77,21 @@ def _unlearn_digits(progress: bool) -> dict:
     return {"before": before, "after": classifier_metrics(clf, forget, retain, test), "rte": result.seconds}
 
 
-def run_demo(output: str | Path = "surgery-demo", progress: bool = False) -> dict:
+def run_demo(output: str | Path = "surgery-demo", progress: bool = False, device: str | torch.device = "cpu",
+             dtype: torch.dtype = torch.float32) -> dict:
+    """Run the demo; the models work on `device` in `dtype` (the reference weights are fp32 on disk)."""
     out = Path(output)
     if out.exists() and not (out / MARKER).exists():
         raise SurgeryError(f"{out} exists and is not a previous demo output; choose --output")
     t0 = time.time()
     torch.manual_seed(0)
+    device = torch.device(device)
+
+    def reference() -> torch.nn.Module:
+        return load_reference("demo-lm", progress=False)[0].to(device=device, dtype=dtype)
+
     model, tok, ref_path = load_reference("demo-lm", progress=progress)
+    model.to(device=device, dtype=dtype)
     splits = textdata.embedded()
     train_ids = tokenize(tok, textdata.join(splits["train"]))
     test_ids = tokenize(tok, textdata.join(splits["test"]))
@@ -102,12 +111,12 @@ def run_demo(output: str | Path = "surgery-demo", progress: bool = False) -> dic
     with atomic_dir(out, overwrite=True) as tmp:
         folders = {}
         for label, cfg in QUANT_STEPS:
-            qmodel, _, _ = load_reference("demo-lm", progress=False)
+            qmodel = reference()
             sal = isinstance(cfg, ApiQConfig) and cfg.saliency.enabled
             result = quantize(qmodel, cfg, calib=calib, fisher=smap if sal else None, batch_size=8, progress=progress)
             folders[label] = export(qmodel, result, tmp / "models" / _slug(label), tokenizer=tok)
 
-        pmodel, _, _ = load_reference("demo-lm", progress=False)
+        pmodel = reference()
         search = calib_windows(train_ids, nsamples=16, seqlen=SEQLEN, seed=1)
         search_cfg = SearchConfig(generations=4, offspring=8, stage_windows=[2, 4, 16], top_k=64)
         presult = prune(pmodel, PruneConfig(sparsity=0.5, search_samples=16, iterations=2, width_multiple=64,
@@ -129,14 +138,15 @@ def run_demo(output: str | Path = "surgery-demo", progress: bool = False) -> dic
               + ", ".join(f"{r['kv_groups_kept']}/{r['neurons_kept']}" for r in presult.per_layer()))
 
         print("\n## Unlearning (SalUn: forget digit 3 of scikit-learn's digits, reference MLP)\n")
-        unlearned = _unlearn_digits(progress)
+        unlearned = _unlearn_digits(progress, device)
         print("| model | UA | RA | TA | MIA-Eff | RTE s |\n|---|---|---|---|---|---|")
         for name in ("before", "after"):
             m = unlearned[name]
             rte = f"{unlearned['rte']:.1f}" if name == "after" else "–"
             print(f"| {name} | {m['UA']:.1f} | {m['RA']:.1f} | {m['TA']:.1f} | {m['MIA']:.1f} | {rte} |")
 
-        result = {"model": str(ref_path), "seconds": round(time.time() - t0, 1),
+        result = {"model": str(ref_path), "seconds": round(time.time() - t0, 1), "device": str(device),
+                  "dtype": str(dtype).removeprefix("torch."),
                   "saliency": {"kind": smap.kind, "samples": smap.samples},
                   "reports": compare.to_json(reports), "unlearning": unlearned}
         smap.save(tmp / "saliency.safetensors")

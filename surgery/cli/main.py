@@ -26,7 +26,10 @@ def cmd_score(args: argparse.Namespace) -> None:
     from surgery import dist
     from surgery.saliency import score
 
+    if args.cpu:
+        args.device = "cpu"
     dist.init_from_env(cpu=args.cpu or None)
+    common.require(not args.fsdp or dist.is_distributed(), "--fsdp shards over several processes: launch with torchrun")
     model, tok, _ = common.get_model(args)
     if args.images:
         batches = common.image_batches(args)
@@ -37,10 +40,15 @@ def cmd_score(args: argparse.Namespace) -> None:
         batches = list(windows.split(args.batch_size))
         loss = args.loss or "causal_lm"
         desc = f"{args.data} seqlen={args.seqlen} windows={windows.shape[0]} seed={args.seed}"
+    if args.fsdp:
+        from surgery.models.fsdp import shard_model
+
+        shard_model(model)
     smap = score(model, batches, loss=loss, kind=args.kind, include=args.include, exclude=args.exclude,
                  progress=common.progress_enabled(), description=desc)
     smap.identify(model, seed=args.seed)
-    if dist.is_main():
+    writes = dist.is_main() or bool(smap.shards)  # a sharded map is written by every rank together
+    if writes:
         smap.save(args.out)
         msg = f"saved {smap!r} to {args.out}"
         if args.mask_density is not None:
@@ -48,7 +56,8 @@ def cmd_score(args: argparse.Namespace) -> None:
             mask_out = args.mask_out or str(Path(args.out).with_suffix("")) + ".mask.safetensors"
             masks.save(mask_out, packed=args.packed)
             msg += f"; mask ({masks.selected}/{masks.numel}) to {mask_out}"
-        print(msg)
+        if dist.is_main():
+            print(msg)
     dist.shutdown()
 
 
@@ -63,6 +72,10 @@ def cmd_mask(args: argparse.Namespace) -> None:
 
         model, _ = load_model(args.model)
     smap = SaliencyMap.load(args.map, model)
+    device = common.device_of(args)
+    if device.type != "cpu":  # the exact top-k's GPU path
+        smap = SaliencyMap({n: t.to(device) for n, t in smap.items()}, kind=smap.kind, loss=smap.loss,
+                           data=smap.data, samples=smap.samples, batches=smap.batches)
     masks = smap.mask(args.density, args.scope)
     masks.save(args.out, packed=args.packed)
     print(f"selected {masks.selected} of {masks.numel} weights ({masks.density:.6f}) -> {args.out}")
@@ -139,8 +152,10 @@ def cmd_build(args: argparse.Namespace) -> None:
 def cmd_run(args: argparse.Namespace) -> None:
     from surgery.recipe.plan import prepare
 
+    if args.cpu and args.device is None:
+        args.device = "cpu"
     plan = prepare(args.recipe, args.output, args.model, args.set, args.overwrite, args.data_dir,
-                   progress=common.progress_enabled())  # every check, before torch loads
+                   progress=common.progress_enabled(), device=args.device, dtype=args.dtype)  # before torch loads
     from surgery import dist
     from surgery.recipe.run import execute
 
@@ -161,7 +176,8 @@ def cmd_demo(args: argparse.Namespace) -> None:
         raise SurgeryError(f"{out} exists and is not a previous demo output (no demo.json or {MARKER}); choose --output")
     from surgery.cli.demo import run_demo
 
-    run_demo(args.output, progress=common.progress_enabled())
+    run_demo(args.output, progress=common.progress_enabled(), device=common.device_of(args),
+             dtype=common.dtype_of(args))
 
 
 def parser() -> argparse.ArgumentParser:
@@ -184,6 +200,8 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--packed", action="store_true", help="bit-pack the mask")
     s.add_argument("--overwrite", action="store_true", help="replace existing output files")
     s.add_argument("--cpu", action="store_true", help="gloo on CPU under torchrun")
+    s.add_argument("--fsdp", action="store_true",
+                   help="under torchrun: shard the model with FSDP2 (each rank scores its own rows)")
     s.set_defaults(func=cmd_score)
 
     m = sub.add_parser("mask", allow_abbrev=False, help="top-density mask from a saliency map")
@@ -194,6 +212,7 @@ def parser() -> argparse.ArgumentParser:
     m.add_argument("--out", required=True)
     m.add_argument("--packed", action="store_true")
     m.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    m.add_argument("--device", default="auto", help="where the top-k runs: auto, cpu, cuda, cuda:N")
     m.set_defaults(func=cmd_mask)
 
     e = sub.add_parser("eval", allow_abbrev=False, help="perplexity / accuracy, size, speed")
@@ -231,11 +250,14 @@ def parser() -> argparse.ArgumentParser:
                    help="override a recipe value, e.g. quant_stage.quant_modifiers.GPTQModifier.num_bits=3")
     r.add_argument("--overwrite", action="store_true", help="replace a previous output and its checkpoints")
     r.add_argument("--data-dir")
-    r.add_argument("--cpu", action="store_true", help="gloo on CPU under torchrun")
+    r.add_argument("--device", help="override the recipe's device: auto, cpu, cuda, cuda:N")
+    r.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], help="override the recipe's dtype")
+    r.add_argument("--cpu", action="store_true", help="gloo on CPU under torchrun (implies --device cpu)")
     r.set_defaults(func=cmd_run)
 
     d = sub.add_parser("demo", allow_abbrev=False, help="the main job on the embedded default")
     d.add_argument("--output", default="surgery-demo")
+    common.add_device_args(d)
     d.set_defaults(func=cmd_demo)
     return p
 

@@ -10,7 +10,7 @@ from typing import Any
 from surgery.errors import require
 from surgery.io import check_output_folder
 from surgery.models.catalog import check_model_type, read_config, weight_files
-from surgery.recipe.schema import Recipe, parse
+from surgery.recipe.schema import Recipe, check_device, check_dtype, parse
 from surgery.reference.resolve import resolve_model
 
 
@@ -24,8 +24,14 @@ class Plan:
 
 
 def prepare(recipe_path: str, output: str, model: str | None = None, overrides: list[str] | None = None,
-            overwrite: bool = False, data_dir: str | os.PathLike | None = None, progress: bool = False) -> Plan:
+            overwrite: bool = False, data_dir: str | os.PathLike | None = None, progress: bool = False,
+            device: str | None = None, dtype: str | None = None) -> Plan:
+    """`device` / `dtype` (the command line's) override the recipe's."""
     recipe = parse(recipe_path, overrides)
+    if device is not None:
+        recipe.device = check_device(device)
+    if dtype is not None:
+        recipe.dtype = check_dtype(dtype)
     out = check_output_folder(output, overwrite)
     source = model or recipe.model
     require(source is not None, "no model: pass --model or set `model:` in the recipe")

@@ -62,7 +62,7 @@ def evaluate_folders(dense: nn.Module, dense_folder: str | os.PathLike | None, t
     models = [dense]
     for name, folder in candidates.items():
         folder = Path(folder)
-        model, _ = load_folder(folder)
+        model, _ = load_folder(folder, device=next(dense.parameters()).device)
         models.append(model)
         quantized = (folder / "surgery_quant.json").is_file() or \
             "quantization_config" in json.loads((folder / "config.json").read_text())

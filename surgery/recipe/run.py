@@ -7,6 +7,11 @@ safetensors otherwise, remote code for heterogeneous widths), the resolved `reci
 card `README.md`, `metrics.json` and `versions.json`. Long stages checkpoint into
 `.<output>.partial/`, so a killed run resumes there; `overwrite` (or a run of another model or
 data, which the checkpoints detect) starts afresh.
+
+Devices (`device:` / `--device`): the model is loaded on CPU in `dtype:` (memory-mapped), the
+quantize stage moves one decoder block at a time to the device (sequential onloading), and the
+stages that need the whole model at once (scoring, pruning, unlearning) move it there. The
+written folder and its evaluation run from the device too; the files are the same.
 """
 from __future__ import annotations
 
@@ -29,7 +34,7 @@ from surgery.evaluate.cost import size_on_disk
 from surgery.export.folders import write_marker
 from surgery.io import atomic_dir, dumps_json
 from surgery.log import note
-from surgery.models.io import load_model, write_model
+from surgery.models.io import DTYPES, load_model, write_model
 from surgery.recipe.maps import SharedMaps
 from surgery.recipe.plan import Plan, prepare
 from surgery.recipe.schema import Recipe, Stage
@@ -44,6 +49,7 @@ class RunState:
     data_dir: str | None
     partial: Path
     progress: bool
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     quant: Any = None
     quant_export: dict[str, Any] | None = None
     pruned: Any = None
@@ -80,6 +86,7 @@ def _prune(st: RunState, stage: Stage, recipe: Recipe) -> None:
     ids = st.ids(calib.data)
     windows = calib_windows(ids, calib.nsamples, calib.seqlen, calib.seed)
     search = calib_windows(ids, cfg.search_samples, calib.seqlen, calib.seed + 1)
+    st.net.to(st.device)  # the supernet and the search run the whole model
     smap = None
     if cfg.uses_saliency:
         desc = f"{calib.data} ({calib.nsamples} windows of {calib.seqlen}, seed {calib.seed})"
@@ -104,9 +111,10 @@ def _quant(st: RunState, stage: Stage, recipe: Recipe) -> None:
     plan = fisher_windows(cfg, windows, calib.batch_size) if windows is not None else None
     if plan is not None:
         desc = f"{calib.data} ({calib.nsamples} windows of {calib.seqlen}, seed {calib.seed})"
+        st.net.to(st.device)  # the scorer needs the whole model (and its gradients) at once
         fisher = st.shared.get(st.net, "fisher", plan[0], plan[1], desc, stage.name, progress=st.progress)
     st.quant = quantize(st.net, cfg, calib=windows, fisher=fisher, batch_size=calib.batch_size,
-                        resume_dir=str(st.partial / stage.name), progress=st.progress)
+                        resume_dir=str(st.partial / stage.name), device=st.device, progress=st.progress)
     st.shared.drop()
     st.metrics["stages"].append({"stage": stage.name, "modifier": stage.modifier, **st.quant.summary(),
                                  "lora_params": st.quant.lora_params(st.net)})
@@ -119,6 +127,7 @@ def _eval(st: RunState, stage: Stage, dense: torch.nn.Module, base_path: str, fo
     ev = stage.spec
     t0 = time.time()
     sets = {d: eval_windows(st.ids(d), ev.seqlen, ev.max_windows) for d in ev.data}
+    dense.to(st.device)
     reports = evaluate_folders(dense, base_path, st.tok, sets, {name: folder}, speed=ev.speed, tasks=ev.tasks,
                                data_dir=st.data_dir, batch_size=ev.batch_size)
     compare.write(reports, folder)
@@ -130,6 +139,7 @@ def _eval(st: RunState, stage: Stage, dense: torch.nn.Module, base_path: str, fo
 def _unlearn(st: RunState, stage: Stage) -> None:
     from surgery.recipe import unlearn_stage
 
+    st.net.to(st.device)
     st.unlearned, writers = unlearn_stage.run(st.net, st.tok, stage, lambda src: read_text(src, st.data_dir),
                                               st.data_dir, st.progress)
     st.writers.extend(writers)
@@ -138,9 +148,10 @@ def _unlearn(st: RunState, stage: Stage) -> None:
 
 
 def run_recipe(recipe_path: str, output: str, model: str | None = None, overrides: list[str] | None = None,
-               overwrite: bool = False, data_dir: str | None = None, progress: bool = False) -> dict[str, Any]:
+               overwrite: bool = False, data_dir: str | None = None, progress: bool = False,
+               device: str | None = None, dtype: str | None = None) -> dict[str, Any]:
     """Check everything, then run every stage of the recipe in order; return the metrics."""
-    plan = prepare(recipe_path, output, model, overrides, overwrite, data_dir, progress)
+    plan = prepare(recipe_path, output, model, overrides, overwrite, data_dir, progress, device, dtype)
     return execute(plan, overwrite, data_dir, progress)
 
 
@@ -152,9 +163,10 @@ def execute(plan: Plan, overwrite: bool = False, data_dir: str | None = None, pr
         note(f"--overwrite: clearing the checkpoints of an earlier run in {partial}")
         shutil.rmtree(partial, ignore_errors=True)
     dist.barrier()
-    net, tok = load_model(plan.base_path)
+    device = dist.resolve_device(recipe.device)
+    net, tok = load_model(plan.base_path, dtype=DTYPES[recipe.dtype])
     dense = copy.deepcopy(net)
-    st = RunState(net, tok, data_dir, partial, progress)
+    st = RunState(net, tok, data_dir, partial, progress, device)
     t0 = time.time()
     for stage in recipe.stages:
         if stage.kind == "unlearn":
@@ -195,6 +207,7 @@ def _write(out: Path, overwrite: bool, st: RunState, dense: torch.nn.Module, rec
            base_path: str, t0: float) -> None:
     """The output folder, atomically: model, its evaluation (eval_stage), recipe.yaml, metrics.json,
     versions.json, README.md."""
+    st.net.to("cpu")  # files are written from host memory
     with atomic_dir(out, overwrite=overwrite) as tmp:
         if st.quant is not None:
             from surgery.quantize.save import write_quantized

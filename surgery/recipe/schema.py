@@ -1,6 +1,8 @@
 """Recipe YAML: validated against the engines' own config classes, before any model loads.
 
     model: shakespeare-lm            # a reference name, a model folder or a Hub id (--model overrides)
+    device: auto                     # auto (CUDA when present) | cpu | cuda | cuda:N  (--device overrides)
+    dtype: fp32                      # fp32 | bf16 | fp16: the weights' dtype  (--dtype overrides)
     calibration:                     # shared by every stage that calibrates or scores
       data: shakespeare:train
       nsamples: 128
@@ -155,7 +157,22 @@ class UnlearnStage:
 
 STAGES: dict[str, type] = {"unlearn_stage": UnlearnStage, "prune_stage": PruneStage, "quant_stage": QuantStage,
                            "eval_stage": EvalStage}
-TOP = ("model", "calibration")
+TOP = ("model", "device", "dtype", "calibration")
+DTYPES = ("fp32", "bf16", "fp16")
+
+
+def check_device(name: object) -> str:
+    """A device name's syntax (the machine is checked when the run starts)."""
+    import re
+
+    require(isinstance(name, str) and re.fullmatch(r"auto|cpu|cuda(:\d+)?", name) is not None,
+            f"device must be auto, cpu, cuda or cuda:N, got {name!r}")
+    return name
+
+
+def check_dtype(name: object) -> str:
+    require(name in DTYPES, f"dtype must be one of {', '.join(DTYPES)}, got {name!r}")
+    return name
 GROUPS = {"quant_stage": "quant_modifiers", "prune_stage": "prune_modifiers", "unlearn_stage": "unlearn_modifiers"}
 
 
@@ -178,10 +195,13 @@ class Recipe:
     model: str | None
     calibration: Calibration
     stages: list[Stage]
+    device: str = "auto"
+    dtype: str = "fp32"
 
     def resolved(self, model: str | None = None) -> dict[str, Any]:
         """The recipe with every default filled and overrides applied (what was run)."""
-        out: dict[str, Any] = {"model": model or self.model, "calibration": to_dict(self.calibration)}
+        out: dict[str, Any] = {"model": model or self.model, "device": self.device, "dtype": self.dtype,
+                               "calibration": to_dict(self.calibration)}
         for st in self.stages:
             d = {k: v for k, v in to_dict(st.spec).items() if v is not None}
             if st.modifier is not None:
@@ -301,13 +321,17 @@ def parse(path: str | os.PathLike, overrides: list[str] | None = None) -> Recipe
     require(isinstance(data, dict), f"{p}:1: a recipe must be a mapping of sections")
     for item in overrides or []:
         apply_override(data, lines, item)
-    model, calib, stages = None, Calibration(), []
+    model, calib, stages, device, dtype = None, Calibration(), [], "auto", "fp32"
     for key, node in data.items():
         where = f"{p}:{yaml_lines.line_of(lines, (key,))}"
         try:
             if key == "model":
                 require(node is None or isinstance(node, str), f"model must be a string, got {node!r}")
                 model = node
+            elif key == "device":
+                device = check_device(node)
+            elif key == "dtype":
+                dtype = check_dtype(node)
             elif key == "calibration":
                 calib = validate(Calibration, node)
             elif key in STAGES:
@@ -327,4 +351,4 @@ def parse(path: str | os.PathLike, overrides: list[str] | None = None) -> Recipe
     require(bool(stages), f"{p}: the recipe has no stage ({', '.join(STAGES)})")
     require(all(s.kind != "eval" for s in stages[:-1]),
             f"{p}: eval_stage must be the last stage (it evaluates the folder the recipe writes)")
-    return Recipe(str(p), model, calib, stages)
+    return Recipe(str(p), model, calib, stages, device, dtype)

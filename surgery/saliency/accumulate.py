@@ -7,10 +7,15 @@ Kinds (g_b = gradient of the per-batch mean loss on batch b):
 - `taylor`   |w ⊙ Σ_b g_b| (first-order Taylor importance)
 
 For Σg kinds on fp32 parameters autograd itself accumulates into `.grad` (no extra work per
-batch); otherwise an fp32 accumulator is updated after each backward. Under torchrun the batches
-are striped over ranks and the accumulators are summed once at the end, so the map equals the
-single-process one. The model's train/eval mode is the caller's; its `requires_grad` flags and
-existing `.grad`s are restored afterwards.
+batch); otherwise an fp32 accumulator is updated after each backward. Under torchrun, two layouts:
+- replicated model (plain or DDP): whole batches are striped over ranks and the accumulators are
+  summed once at the end;
+- FSDP2-sharded model (`fully_shard`): every rank takes its rows of every batch (loss weighted by
+  its share), FSDP's reduce-scatter averages them into the full-batch gradient of the rank's own
+  shard, and each rank accumulates only its shard — g_b is whole before it is squared, so every
+  kind is exact, and the map stays sharded (`SaliencyMap.shards`).
+Either way the map equals the single-process one up to float summation order. The model's
+train/eval mode is the caller's; its `requires_grad` flags and existing `.grad`s are restored.
 """
 from __future__ import annotations
 
@@ -24,8 +29,9 @@ from tqdm.auto import tqdm
 
 from surgery import dist
 from surgery.errors import SurgeryError, require
-from surgery.saliency.losses import LossFn, batch_size, resolve_loss, to_device
+from surgery.saliency.losses import LossFn, batch_size, resolve_loss, take_rows, to_device
 from surgery.saliency.smap import KINDS, SaliencyMap
+from surgery.shards import RowShard, local, row_shard
 
 _BUCKET = 1 << 24  # elements per all-reduce bucket (64 MiB of fp32)
 
@@ -78,7 +84,8 @@ class SaliencyAccumulator:
         """Zeros for parameters that never received a gradient (unused by the loss)."""
         for n, p in self.params.items():
             if n not in self.sums:
-                self.sums[n] = torch.zeros(p.shape, dtype=torch.float32, device=self.device or p.device)
+                part = local(p)
+                self.sums[n] = torch.zeros(part.shape, dtype=torch.float32, device=self.device or part.device)
 
     def all_reduce(self) -> None:
         """Sum the accumulators over ranks, in flat buckets (one collective per bucket)."""
@@ -105,7 +112,7 @@ class SaliencyAccumulator:
             return {n: s.abs_() for n, s in self.sums.items()}
         if self.kind == "taylor":
             return {
-                n: s.mul_(params[n].detach().to(s.device, torch.float32)).abs_()
+                n: s.mul_(local(params[n]).detach().to(s.device, torch.float32)).abs_()
                 for n, s in self.sums.items()
             }
         return self.sums
@@ -141,17 +148,20 @@ def score(
         include / exclude: parameter-name regexes.
         max_batches: stop after this many batches of `data` (counted before sharding).
         offload: keep the fp32 accumulators on CPU (for a model on an accelerator).
-        shard: stripe batches over ranks; default: when a process group of size > 1 is up.
+        shard: stripe batches over ranks (replicated models); default: when a process group of size
+            > 1 is up. An FSDP2-sharded model always splits each batch's rows over its ranks.
         progress: show a progress bar (rank 0 only).
         description: what the data is, for the map's metadata.
     """
     require(kind in KINDS, f"unknown saliency kind {kind!r}; choose one of {KINDS}")
     loss_fn, loss_name = resolve_loss(loss)
+    model = dist.unwrap(model)  # DDP: score the module itself (no gradient sync per batch)
     params = select_parameters(model, include, exclude)
     require(len(params) > 0, "no parameter matches the include/exclude patterns")
-    shard = dist.is_distributed() if shard is None else shard
+    shards = _shards(params)
+    shard = (dist.is_distributed() if shard is None else shard) and not shards
     world, rank = (dist.world_size(), dist.rank()) if shard else (1, 0)
-    device = next(iter(params.values())).device
+    device = local(next(iter(params.values()))).device
 
     # Σg kinds on fp32 weights: let autograd accumulate into .grad (free); else explicit sums.
     direct = kind != "fisher" and not offload and all(p.dtype == torch.float32 for p in params.values())
@@ -169,27 +179,34 @@ def score(
                 break
             if i % world != rank:
                 continue
+            weight = 1.0
+            if shards:  # this rank's rows; FSDP averages the ranks' gradients into the batch's
+                rows, weight = dist.local_rows(batch_size(batch))
+                batch = take_rows(batch, rows)
             batch = to_device(batch, device)
             value = loss_fn(model, batch)
             require(value.dim() == 0, f"the loss must be a scalar, got shape {tuple(value.shape)}")
             if not torch.isfinite(value):
-                raise SurgeryError(f"loss is {float(value)} on batch {i}; cannot score")
-            value.backward()
+                raise SurgeryError(f"loss is {float(value.detach())} on batch {i}; cannot score")
+            (value * weight if weight != 1.0 else value).backward()  # weight 0: a rank without rows
             if not direct:
                 for n, p in params.items():
                     if p.grad is not None:
-                        acc.add(n, p.grad)
+                        acc.add(n, local(p.grad))
                         p.grad = None
-            samples += batch_size(batch)
+            samples += batch_size(batch) if weight else 0
             batches += 1
         if direct:  # adopt the fp32 .grad tensors themselves; the caller's grads come back below
             for n, p in params.items():
                 if p.grad is not None:
-                    acc.sums[n] = p.grad.detach()
+                    acc.sums[n] = local(p.grad).detach()
         acc.fill_missing()
         counts = torch.tensor([samples, batches], dtype=torch.int64, device=device)
         if shard:
             acc.all_reduce()
+        if shard or shards:
+            if shards and dist.rank() != 0:
+                counts[1] = 0  # every rank saw every batch: count them once
             dist.all_reduce_sum_(counts)
         samples, batches = (int(x) for x in counts.tolist())
         require(batches > 0, "empty data: no batch to score")
@@ -200,4 +217,17 @@ def score(
             p.requires_grad_(rg)
             p.grad = g
     return SaliencyMap(scores, kind=kind, loss=loss_name, data=_describe(data, description),
-                       samples=samples, batches=batches)
+                       samples=samples, batches=batches, shards=shards)
+
+
+def _shards(params: dict[str, nn.Parameter]) -> dict[str, RowShard]:
+    """Row shards of FSDP2 parameters ({} for a replicated model); all or none must be sharded."""
+    shards = {n: row_shard(p) for n, p in params.items()}
+    sharded = [n for n, s in shards.items() if s is not None]
+    if not sharded:
+        return {}
+    missing = [n for n, s in shards.items() if s is None]
+    if missing:
+        raise SurgeryError(f"{len(missing)} scored parameters are not sharded (e.g. {missing[0]}); "
+                           "fully_shard the root module too, or exclude them")
+    return {n: s for n, s in shards.items() if s is not None}

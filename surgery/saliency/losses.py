@@ -44,6 +44,17 @@ def batch_size(batch: Any) -> int:
     raise SurgeryError(f"unsupported batch type {type(batch).__name__}")
 
 
+def take_rows(batch: Any, rows: slice) -> Any:
+    """The same batch restricted to `rows` (every tensor sliced on its first dimension)."""
+    if isinstance(batch, torch.Tensor):
+        return batch[rows]
+    if isinstance(batch, Mapping):
+        return {k: take_rows(v, rows) for k, v in batch.items()}
+    if isinstance(batch, (tuple, list)):
+        return type(batch)(take_rows(v, rows) for v in batch)
+    return batch
+
+
 def lm_fields(batch: Any) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
     """(input_ids, attention_mask, labels) of a causal-LM batch; labels default to the ids."""
     if isinstance(batch, torch.Tensor):

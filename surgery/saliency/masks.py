@@ -2,7 +2,8 @@
 
 A `MaskSet` maps parameter name → bool tensor. It is saved either as bool safetensors or
 bit-packed (8 weights per byte, with shapes in the header); per-tensor densities travel in the
-header too, so a mask file describes itself.
+header too, so a mask file describes itself. A mask made from a sharded map holds this rank's
+rows of each tensor (`shards`); its counts are global and `save` writes the whole mask.
 """
 from __future__ import annotations
 
@@ -13,9 +14,11 @@ from collections.abc import Iterator, Mapping
 import numpy as np
 import torch
 
+from surgery import dist
 from surgery.errors import SurgeryError, require
 from surgery.io import load_tensors, save_tensors
 from surgery.saliency.topk import topk_masks
+from surgery.shards import RowShard, gather_rows, write_streamed
 
 SCOPES = ("global", "tensor")
 FORMAT = "surgery.mask/1"
@@ -32,32 +35,39 @@ def check_density(density: float) -> float:
 
 
 def select_top(
-    scores: Mapping[str, torch.Tensor], density: float, scope: str = "global"
+    scores: Mapping[str, torch.Tensor], density: float, scope: str = "global",
+    shards: Mapping[str, RowShard] | None = None,
 ) -> dict[str, torch.Tensor]:
     """Masks with exactly round(density·N) ones at the largest |scores|.
 
     `global`: one threshold over all tensors (N = all entries); `tensor`: one per tensor
-    (N = that tensor's entries).
+    (N = that tensor's entries). With `shards`, `scores` are this rank's rows and N counts every
+    rank's (histograms are summed over ranks; scores never move).
     """
     d = check_density(density)
     require(scope in SCOPES, f"scope must be one of {SCOPES}, got {scope!r}")
     require(len(scores) > 0, "no scores to select from")
     names = list(scores)
+    sharded = bool(shards)
+    if sharded:
+        require(set(names) <= set(shards), "a sharded map must shard every tensor (fully_shard the root module too)")
+    full = {n: shards[n].numel if sharded else scores[n].numel() for n in names}
     if scope == "global":
-        total = sum(scores[n].numel() for n in names)
-        masks = topk_masks([scores[n] for n in names], round(d * total))
+        masks = topk_masks([scores[n] for n in names], round(d * sum(full.values())), distributed=sharded)
         return dict(zip(names, masks))
-    return {n: topk_masks([scores[n]], round(d * scores[n].numel()))[0] for n in names}
+    return {n: topk_masks([scores[n]], round(d * full[n]), distributed=sharded)[0] for n in names}
 
 
 class MaskSet(Mapping[str, torch.Tensor]):
     """Parameter name → bool mask (True = selected / allowed to move), plus how it was made."""
 
-    def __init__(self, masks: Mapping[str, torch.Tensor], meta: Mapping[str, str] | None = None):
+    def __init__(self, masks: Mapping[str, torch.Tensor], meta: Mapping[str, str] | None = None,
+                 shards: Mapping[str, RowShard] | None = None):
         for name, m in masks.items():
             require(m.dtype == torch.bool, f"mask {name} is {m.dtype}, expected bool")
         self._masks = dict(masks)
         self.meta = dict(meta or {})
+        self.shards = dict(shards or {})  # name → the rows this rank holds (sharded masks only)
 
     def __getitem__(self, name: str) -> torch.Tensor:
         return self._masks[name]
@@ -68,13 +78,39 @@ class MaskSet(Mapping[str, torch.Tensor]):
     def __len__(self) -> int:
         return len(self._masks)
 
+    def shape(self, name: str) -> tuple[int, ...]:
+        """The full shape of a tensor's mask (sharded or not)."""
+        return self.shards[name].shape if name in self.shards else tuple(self._masks[name].shape)
+
+    def counts(self) -> dict[str, int]:
+        """Selected entries per tensor, over every rank's rows."""
+        names = list(self._masks)
+        local = torch.tensor([int(self._masks[n].sum()) for n in names], dtype=torch.int64)
+        if self.shards:
+            dist.all_reduce_sum_(local)
+        return dict(zip(names, local.tolist()))
+
+    def numels(self) -> dict[str, int]:
+        return {n: int(np.prod(self.shape(n))) for n in self._masks}
+
+    def local(self, name: str, shard: RowShard | None) -> torch.Tensor:
+        """The mask rows matching a parameter's `shard` (the whole mask for an unsharded parameter)."""
+        m = self._masks[name]
+        if shard is None:
+            require(name not in self.shards, f"mask {name} is sharded but the parameter is not")
+            return m
+        if name in self.shards:
+            require(self.shards[name] == shard, f"mask {name} is sharded differently from its parameter")
+            return m
+        return shard.take(m)
+
     @property
     def selected(self) -> int:
-        return sum(int(m.sum()) for m in self._masks.values())
+        return sum(self.counts().values())
 
     @property
     def numel(self) -> int:
-        return sum(m.numel() for m in self._masks.values())
+        return sum(self.numels().values())
 
     @property
     def density(self) -> float:
@@ -82,38 +118,46 @@ class MaskSet(Mapping[str, torch.Tensor]):
 
     def densities(self) -> dict[str, float]:
         """Share of selected weights in each tensor."""
-        return {n: float(m.float().mean()) for n, m in self._masks.items()}
+        numels = self.numels()
+        return {n: c / max(numels[n], 1) for n, c in self.counts().items()}
 
     def check_model(self, model: torch.nn.Module) -> None:
         """Refuse a mask made for another model (missing names or other shapes)."""
         params = dict(model.named_parameters())
-        for name, m in self._masks.items():
+        for name in self._masks:
             require(name in params, f"mask names parameter {name!r}, which the model does not have")
             require(
-                tuple(params[name].shape) == tuple(m.shape),
-                f"mask for {name} has shape {tuple(m.shape)}, the model's is "
+                tuple(params[name].shape) == self.shape(name),
+                f"mask for {name} has shape {self.shape(name)}, the model's is "
                 f"{tuple(params[name].shape)} (a mask from another model?)",
             )
 
     def save(self, path: str | os.PathLike, packed: bool = False) -> None:
-        """Write bool (or bit-packed uint8) safetensors; shapes and densities in the header."""
+        """Write bool (or bit-packed uint8) safetensors; shapes and densities in the header.
+        For a sharded mask every rank calls this (tensors are gathered one at a time to rank 0)."""
         meta = dict(self.meta)
-        meta.update(
-            format=FORMAT,
-            packed=str(packed).lower(),
-            density=repr(self.density),
-            densities=json.dumps(self.densities()),
-        )
+        densities = self.densities()
+        meta.update(format=FORMAT, packed=str(packed).lower(), density=repr(self.density),
+                    densities=json.dumps(densities))
         if packed:
-            meta["shapes"] = json.dumps({n: list(m.shape) for n, m in self._masks.items()})
+            meta["shapes"] = json.dumps({n: list(self.shape(n)) for n in self._masks})
             meta["bitorder"] = "big"  # numpy's packbits default: the first weight is the high bit
-            tensors = {
-                n: torch.from_numpy(np.packbits(m.reshape(-1).cpu().numpy()))
-                for n, m in self._masks.items()
-            }
-        else:
-            tensors = dict(self._masks)
-        save_tensors(tensors, path, meta)
+
+        def pack(m: torch.Tensor) -> torch.Tensor:
+            return torch.from_numpy(np.packbits(m.reshape(-1).cpu().numpy())) if packed else m
+
+        if not self.shards:
+            save_tensors({n: pack(m) for n, m in self._masks.items()}, path, meta)
+            return
+        numels = self.numels()
+        specs = {n: ((torch.uint8, (-(-numels[n] // 8),)) if packed else (torch.bool, self.shape(n)))
+                 for n in self._masks}
+
+        def produce(name: str) -> torch.Tensor | None:
+            full = gather_rows(self._masks[name], self.shards[name])
+            return None if full is None else pack(full)
+
+        write_streamed(path, specs, produce, meta)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> MaskSet:

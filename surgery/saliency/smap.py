@@ -1,4 +1,8 @@
-"""`SaliencyMap`: parameter name → fp32 score tensor, with how it was made, saved as safetensors."""
+"""`SaliencyMap`: parameter name → fp32 score tensor, with how it was made, saved as safetensors.
+
+A map scored on an FSDP2-sharded model holds this rank's rows of each tensor (`shards`); its
+masks are selected across ranks and `save` writes the whole map, one gathered tensor at a time.
+"""
 from __future__ import annotations
 
 import os
@@ -7,10 +11,12 @@ from collections.abc import Iterator, Mapping
 import torch
 from torch import nn
 
+from surgery import dist
 from surgery.errors import SurgeryError, require
 from surgery.io import load_tensors, save_tensors
 from surgery.saliency.masks import MaskSet, select_top
 from surgery.saliency.structural import BlockLayout, StructuralScores, reduce_structural
+from surgery.shards import RowShard, gather_rows, is_dtensor, write_streamed
 
 KINDS = ("grad", "abs_grad", "fisher", "taylor")
 FORMAT = "surgery.saliency/1"
@@ -32,9 +38,11 @@ class SaliencyMap(Mapping[str, torch.Tensor]):
         data: str = "",
         samples: int = 0,
         batches: int = 0,
+        shards: Mapping[str, RowShard] | None = None,
     ) -> None:
         require(kind in KINDS, f"unknown saliency kind {kind!r}; choose one of {KINDS}")
         self._scores = {n: t.float() for n, t in scores.items()}
+        self.shards = dict(shards or {})  # name → the rows this rank holds (sharded maps only)
         self.kind = kind
         self.loss = loss
         self.data = data
@@ -57,9 +65,13 @@ class SaliencyMap(Mapping[str, torch.Tensor]):
             f"numel={self.numel}, samples={self.samples}, data={self.data!r})"
         )
 
+    def shape(self, name: str) -> tuple[int, ...]:
+        """The full shape of a tensor's scores (sharded or not)."""
+        return self.shards[name].shape if name in self.shards else tuple(self._scores[name].shape)
+
     @property
     def numel(self) -> int:
-        return sum(t.numel() for t in self._scores.values())
+        return sum(self.shards[n].numel if n in self.shards else t.numel() for n, t in self._scores.items())
 
     @property
     def metadata(self) -> dict[str, str]:
@@ -75,10 +87,9 @@ class SaliencyMap(Mapping[str, torch.Tensor]):
 
     def identify(self, model: nn.Module, seed: int | None = None, data_digest: str | None = None) -> None:
         """Record which model (config and weights digests), seed and data this map was made from."""
-        from surgery.checkpoint import config_digest, tensor_digest
+        from surgery.checkpoint import config_digest
 
-        self.identity = {"model_config": config_digest(model),
-                         "model_weights": tensor_digest(model.state_dict().items())}
+        self.identity = {"model_config": config_digest(model), "model_weights": _weights_digest(model)}
         if seed is not None:
             self.identity["seed"] = str(seed)
         if data_digest is not None:
@@ -86,43 +97,53 @@ class SaliencyMap(Mapping[str, torch.Tensor]):
 
     def check_identity(self, model: nn.Module) -> None:
         """Refuse a map whose recorded model is not `model` (other config or other weights)."""
-        from surgery.checkpoint import config_digest, tensor_digest
+        from surgery.checkpoint import config_digest
 
         if "model_config" in self.identity:
             require(self.identity["model_config"] == config_digest(model),
                     "the saliency map was made for a model with another config")
         if "model_weights" in self.identity:
-            require(self.identity["model_weights"] == tensor_digest(model.state_dict().items()),
+            require(self.identity["model_weights"] == _weights_digest(model),
                     "the saliency map was made for a model with other weights")
 
     def check_model(self, model: nn.Module) -> None:
         """Refuse a map made for another model: every name must exist with the same shape."""
         params = dict(model.named_parameters())
-        for name, t in self._scores.items():
+        for name in self._scores:
             require(name in params, f"saliency map names parameter {name!r}, which the model lacks "
                     "(a map from another model?)")
             require(
-                tuple(params[name].shape) == tuple(t.shape),
-                f"saliency map has {name} shaped {tuple(t.shape)}, the model's is "
+                tuple(params[name].shape) == self.shape(name),
+                f"saliency map has {name} shaped {self.shape(name)}, the model's is "
                 f"{tuple(params[name].shape)} (a map from another model?)",
             )
 
     def mask(self, density: float, scope: str = "global") -> MaskSet:
         """Exactly round(density·N) True entries at the largest |scores| (see `select_top`)."""
-        masks = select_top(self._scores, density, scope)
+        masks = select_top(self._scores, density, scope, self.shards)
         return MaskSet(masks, {"kind": self.kind, "loss": self.loss, "scope": scope,
-                               "requested_density": repr(float(density))})
+                               "requested_density": repr(float(density))}, self.shards)
 
     def structural(self, layout: list[BlockLayout]) -> StructuralScores:
         """Per-head, per-KV-group and per-neuron sums (layout from a model adapter)."""
+        require(not self.shards, "structural sums need whole tensors: save the sharded map and load it")
         return reduce_structural(self._scores, layout)
 
     def per_tensor(self) -> dict[str, float]:
-        """Sum of |score| per tensor (e.g. for a per-layer saliency plot)."""
-        return {n: float(t.abs().double().sum()) for n, t in self._scores.items()}
+        """Sum of |score| per tensor (e.g. for a per-layer saliency plot), over every rank's rows."""
+        sums = torch.tensor([float(t.abs().double().sum()) for t in self._scores.values()], dtype=torch.float64)
+        if self.shards:
+            dist.all_reduce_sum_(sums)
+        return dict(zip(self._scores, sums.tolist()))
 
     def save(self, path: str | os.PathLike) -> None:
-        save_tensors(self._scores, path, self.metadata)
+        """Write the map. For a sharded map every rank calls this: tensors are gathered to rank 0
+        one at a time and streamed into the file (the whole map is never in one process)."""
+        if not self.shards:
+            save_tensors(self._scores, path, self.metadata)
+            return
+        specs = {n: (torch.float32, self.shape(n)) for n in self._scores}
+        write_streamed(path, specs, lambda n: gather_rows(self._scores[n], self.shards[n]), self.metadata)
 
     @classmethod
     def load(cls, path: str | os.PathLike, model: nn.Module | None = None) -> SaliencyMap:
@@ -145,3 +166,15 @@ class SaliencyMap(Mapping[str, torch.Tensor]):
             smap.check_model(model)
             smap.check_identity(model)
         return smap
+
+
+def _weights_digest(model: nn.Module) -> str:
+    """Digest of the model's weights; a sharded model's are gathered one tensor at a time (a
+    collective), so every rank and a one-process run agree."""
+    from surgery.checkpoint import tensor_digest
+
+    def items():
+        for n, t in model.state_dict().items():
+            yield n, (t.full_tensor() if is_dtensor(t) else t)
+
+    return tensor_digest(items())

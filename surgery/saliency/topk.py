@@ -1,11 +1,17 @@
-"""Exact top-k selection over many tensors without sorting them.
+"""Exact top-k selection over many tensors without sorting them, in one process or across shards.
 
 A non-negative fp32 value and its int32 bit pattern sort the same way, so the k-th largest
-magnitude is found by a two-pass radix select on 16-bit digits: one histogram of the high halves,
-one of the low halves inside the bucket that holds the k-th value. Memory is two small histograms
-plus one chunk of keys; the cost is two streaming passes, against the full sort (and the N-sized
-index tensors) of an argsort. Ties at the threshold are broken by position: tensor order, then
-flat index — so the count is exact and the result deterministic.
+magnitude is found by a radix select on the 31-bit keys: one histogram per digit, each counting
+only the keys that share the digits already fixed. Memory is one small histogram plus one chunk
+of keys; the cost is a few streaming passes, against the full sort (and N-sized index tensors) of
+an argsort. On CPU two 16-bit digits (two passes); on CUDA four 8-bit digits, counted without
+boolean indexing, so no pass waits on the host (fewer, denser bins suit GPU atomics); on CPU the
+keys outside the current prefix are filtered out first, which is cheaper there.
+
+Ties at the threshold go to the earliest positions: tensor order, then flat index — so the count
+is exact and the result deterministic. With `distributed=True` each rank holds its row shards of
+the tensors (FSDP2's layout); histograms and tie counts are summed over ranks, never the scores,
+and the global position order is tensor order, then rank, then local flat index.
 """
 from __future__ import annotations
 
@@ -14,10 +20,12 @@ from dataclasses import dataclass
 
 import torch
 
+from surgery import dist
 from surgery.errors import SurgeryError
 
 CHUNK = 1 << 22  # elements per streamed chunk: 16 MiB of fp32 keys
 _NAN_KEY = 0x7F800000  # bit pattern of +inf; anything above is NaN
+_DIGITS = {"cpu": ((16, 15), (0, 16)), "cuda": ((24, 7), (16, 8), (8, 8), (0, 8))}  # (shift, bits)
 
 
 def _key_chunks(t: torch.Tensor, chunk: int = CHUNK) -> Iterator[torch.Tensor]:
@@ -31,8 +39,7 @@ def _key_chunks(t: torch.Tensor, chunk: int = CHUNK) -> Iterator[torch.Tensor]:
 def _select_digit(hist: torch.Tensor, k: int) -> tuple[int, int]:
     """The digit whose bucket holds the k-th largest key (k ≥ 1), and the count above it."""
     above = torch.flip(torch.cumsum(torch.flip(hist, [0]), 0), [0])  # above[d] = #keys with digit ≥ d
-    # largest d with above[d] ≥ k
-    d = int(torch.nonzero(above >= k).max())
+    d = int(torch.nonzero(above >= k).max())  # largest d with above[d] ≥ k
     count_gt = int(above[d + 1]) if d + 1 < hist.numel() else 0
     return d, count_gt
 
@@ -54,58 +61,91 @@ class Threshold:
         return self.k - self.count_gt
 
 
-def kth_largest(tensors: Sequence[torch.Tensor], k: int, chunk: int = CHUNK) -> Threshold:
-    """Exact k-th largest |value| over all `tensors` (1 ≤ k ≤ total count)."""
-    total = sum(t.numel() for t in tensors)
-    if not 1 <= k <= total:
-        raise SurgeryError(f"k={k} outside [1, {total}]")
+def _histogram(tensors: Sequence[torch.Tensor], shift: int, bits: int, prefix: int | None,
+               chunk: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Counts of digit (key >> shift) & (2^bits − 1) among keys whose higher digits equal `prefix`,
+    and the count of NaN keys."""
+    nbins = 1 << bits
+    hist = torch.zeros(nbins + 1, dtype=torch.int64, device=device)
+    nan = torch.zeros((), dtype=torch.int64, device=device)
+    for t in tensors:
+        for keys in _key_chunks(t, chunk):
+            if prefix is None:
+                nan += (keys > _NAN_KEY).sum()
+            elif device.type == "cpu":  # a host-side filter is free here and shrinks the count
+                keys = keys[(keys >> (shift + bits)) == prefix]
+            digit = (keys >> shift) & (nbins - 1)
+            if prefix is not None and device.type != "cpu":  # no sync: park other keys in bin nbins
+                digit = torch.where((keys >> (shift + bits)) == prefix, digit, nbins)
+            hist += torch.bincount(digit, minlength=nbins + 1)
+    return hist[:nbins], nan
+
+
+def kth_largest(tensors: Sequence[torch.Tensor], k: int, chunk: int = CHUNK, distributed: bool = False,
+                digits: Sequence[tuple[int, int]] | None = None) -> Threshold:
+    """Exact k-th largest |value| over all `tensors` (1 ≤ k ≤ total count; with `distributed`,
+    over every rank's tensors). `digits` overrides the (shift, bits) passes chosen by device."""
     device = tensors[0].device
-    hi = torch.zeros(1 << 15, dtype=torch.int64, device=device)
-    for t in tensors:
-        for keys in _key_chunks(t, chunk):
-            if bool((keys > _NAN_KEY).any()):
-                raise SurgeryError("scores contain NaN; cannot rank them")
-            hi += torch.bincount(keys >> 16, minlength=1 << 15)
-    hi_digit, gt_hi = _select_digit(hi, k)
-    lo = torch.zeros(1 << 16, dtype=torch.int64, device=device)
-    for t in tensors:
-        for keys in _key_chunks(t, chunk):
-            inside = keys[(keys >> 16) == hi_digit]
-            if inside.numel():
-                lo += torch.bincount(inside & 0xFFFF, minlength=1 << 16)
-    lo_digit, gt_lo = _select_digit(lo, k - gt_hi)
-    return Threshold(key=(hi_digit << 16) | lo_digit, count_gt=gt_hi + gt_lo, k=k)
+    total = torch.tensor([sum(t.numel() for t in tensors)], dtype=torch.int64, device=device)
+    if distributed:
+        dist.all_reduce_sum_(total)
+    if not 1 <= k <= int(total):
+        raise SurgeryError(f"k={k} outside [1, {int(total)}]")
+    passes = digits or _DIGITS["cuda" if device.type == "cuda" else "cpu"]
+    prefix, key, above, rest = None, 0, 0, k
+    for shift, bits in passes:
+        hist, nan = _histogram(tensors, shift, bits, prefix, chunk, device)
+        if distributed:
+            both = torch.cat([hist, nan.view(1)])
+            dist.all_reduce_sum_(both)
+            hist, nan = both[:-1], both[-1]
+        if prefix is None and int(nan):
+            raise SurgeryError("scores contain NaN; cannot rank them")
+        d, gt = _select_digit(hist, rest)
+        key, above, rest = key | (d << shift), above + gt, rest - gt
+        prefix = key >> shift
+    return Threshold(key=key, count_gt=above, k=k)
 
 
-def topk_masks(
-    tensors: Sequence[torch.Tensor], k: int, chunk: int = CHUNK
-) -> list[torch.Tensor]:
-    """Bool masks (shaped like `tensors`) with exactly k ones at the k largest |values|.
+def _tie_quota(tensors: Sequence[torch.Tensor], thr: Threshold, chunk: int, distributed: bool) -> list[int]:
+    """How many threshold ties each tensor (this rank's part of it) takes, in global position order."""
+    device = tensors[0].device
+    local = torch.tensor([sum(int((keys == thr.key).sum()) for keys in _key_chunks(t, chunk)) for t in tensors],
+                         dtype=torch.int64, device=device)
+    counts = dist.all_gather_stack(local) if distributed else local.view(1, -1)  # [ranks, tensors]
+    left, me = thr.ties_needed, dist.rank() if distributed else 0
+    quota = [0] * len(tensors)
+    for i in range(len(tensors)):
+        for r in range(counts.shape[0]):
+            take = min(int(counts[r, i]), left)
+            left -= take
+            if r == me:
+                quota[i] = take
+    return quota
 
-    Ties at the threshold go to the earliest positions (tensor order, then flat index).
-    """
+
+def topk_masks(tensors: Sequence[torch.Tensor], k: int, chunk: int = CHUNK, distributed: bool = False,
+               digits: Sequence[tuple[int, int]] | None = None) -> list[torch.Tensor]:
+    """Bool masks (shaped like `tensors`) with exactly k ones at the k largest |values| (over every
+    rank's tensors with `distributed`). Ties at the threshold go to the earliest positions."""
+    total = torch.tensor([sum(t.numel() for t in tensors)], dtype=torch.int64, device=tensors[0].device)
+    if distributed:
+        dist.all_reduce_sum_(total)
     if k <= 0:
         return [torch.zeros_like(t, dtype=torch.bool) for t in tensors]
-    total = sum(t.numel() for t in tensors)
-    if k >= total:
+    if k >= int(total):
         return [torch.ones_like(t, dtype=torch.bool) for t in tensors]
-    thr = kth_largest(tensors, k, chunk)
-    ties_left = thr.ties_needed
+    thr = kth_largest(tensors, k, chunk, distributed, digits)
+    quota = _tie_quota(tensors, thr, chunk, distributed) if thr.ties_needed else [0] * len(tensors)
     masks = []
-    for t in tensors:
+    for t, ties_left in zip(tensors, quota):
         parts = []
         for keys in _key_chunks(t, chunk):
             m = keys > thr.key
             if ties_left > 0:
-                eq = keys == thr.key
-                n_eq = int(eq.sum())
-                if n_eq <= ties_left:
-                    m |= eq
-                    ties_left -= n_eq
-                elif n_eq:
-                    idx = torch.nonzero(eq).flatten()[:ties_left]
-                    m[idx] = True
-                    ties_left = 0
+                idx = torch.nonzero(keys == thr.key).flatten()[:ties_left]
+                m[idx] = True
+                ties_left -= idx.numel()
             parts.append(m)
         masks.append(torch.cat(parts).view(t.shape) if parts else torch.zeros_like(t, dtype=torch.bool))
     return masks

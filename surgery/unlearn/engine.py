@@ -5,10 +5,15 @@ Classifiers (forget / retain are `ImageSet`s): `salun` = Random Label with the s
 the retain set with the same recipe. Causal LMs (forget / retain are token windows): `ga`,
 `graddiff` (−NLL forget + α·NLL retain) and `npo` (β, frozen reference = the model before).
 With a mask, only the masked weights move (bit-identical elsewhere, under any optimizer).
+
+Under torchrun every batch is split over the ranks by rows (each rank's loss weighted by its
+share), so the update equals the one-process update at any world size: a replicated model is
+wrapped in DDP here, after the mask has fixed which parameters train; an FSDP2-sharded model
+(`fully_shard`) trains its own shards (see `masked.py`). NPO's reference log-probabilities are
+computed once before training, so no second copy of the model is kept.
 """
 from __future__ import annotations
 
-import copy
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,10 +22,12 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from surgery import dist
 from surgery.data.images import ImageSet
 from surgery.errors import SurgeryError, require
 from surgery.models.adapters import is_language_model
 from surgery.saliency import MaskSet, score
+from surgery.shards import is_dtensor
 from surgery.unlearn import losses
 from surgery.unlearn.config import CLS_METHODS, LM_METHODS, UnlearnConfig
 from surgery.unlearn.masked import DenseOptimizer, MaskedOptimizer, factory
@@ -69,6 +76,7 @@ def _classifier_epoch(model: nn.Module, opt, cfg: UnlearnConfig, forget: ImageSe
                       epoch: int, gen: torch.Generator, num_classes: int) -> dict[str, float]:
     m, seed = cfg.method, cfg.seed * 1000 + epoch
     logs: dict[str, float] = {}
+    device = _device(model)
 
     def step(loss: torch.Tensor, key: str) -> None:
         opt.zero_grad()
@@ -76,34 +84,36 @@ def _classifier_epoch(model: nn.Module, opt, cfg: UnlearnConfig, forget: ImageSe
         opt.step()
         logs[key] = float(loss.detach())
 
-    device = next(model.parameters()).device
-
-    def batches(data: ImageSet, s: int):
+    def batches(data: ImageSet, s: int, relabel: bool = False):
+        """(x, y, weight) of this rank's rows; random labels are drawn for the whole batch."""
         for x, y in data.loader(cfg.batch_size, shuffle=True, seed=s, augment=cfg.augment):
-            yield x.to(device), y.to(device)
+            if relabel:
+                y = losses.random_labels(y, num_classes, gen)
+            rows, w = dist.local_rows(x.shape[0])
+            yield x[rows].to(device), y[rows].to(device), w
 
     if m in ("salun", "rl") and cfg.schedule == "sequential":
-        for x, y in batches(forget, seed):
-            step(losses.ce(model, x, losses.random_labels(y, num_classes, gen)), "forget_ce")
+        for x, y, w in batches(forget, seed, relabel=True):
+            step(w * losses.ce(model, x, y), "forget_ce")
         if retain is not None and cfg.alpha > 0:
-            for x, y in batches(retain, seed + 1):
-                step(cfg.alpha * losses.ce(model, x, y), "retain_ce")
+            for x, y, w in batches(retain, seed + 1):
+                step(w * cfg.alpha * losses.ce(model, x, y), "retain_ce")
     elif m in ("salun", "rl"):  # joint: forget batches paired with cycling retain batches
         rb = _cycle(lambda: batches(retain, seed + 1)) if retain is not None else None
-        for x, y in batches(forget, seed):
-            loss = losses.ce(model, x, losses.random_labels(y, num_classes, gen))
+        for x, y, w in batches(forget, seed, relabel=True):
+            loss = w * losses.ce(model, x, y)
             if rb is not None and cfg.alpha > 0:
-                xr, yr = next(rb)
-                loss = loss + cfg.alpha * losses.ce(model, xr, yr)
+                xr, yr, wr = next(rb)
+                loss = loss + wr * cfg.alpha * losses.ce(model, xr, yr)
             step(loss, "joint")
     elif m == "ga":
-        for x, y in batches(forget, seed):
-            step(-losses.ce(model, x, y), "forget_neg_ce")
+        for x, y, w in batches(forget, seed):
+            step(-w * losses.ce(model, x, y), "forget_neg_ce")
     elif m in ("ft", "l1_sparse"):
         require(retain is not None, f"{m} needs a retain set")
         coef = cfg.l1 * (1 - epoch / max(1, cfg.epochs)) if m == "l1_sparse" else 0.0
-        for x, y in batches(retain, seed + 1):
-            loss = losses.ce(model, x, y)
+        for x, y, w in batches(retain, seed + 1):
+            loss = w * losses.ce(model, x, y)
             if coef:
                 loss = loss + coef * losses.l1_norm(model)
             step(loss, "retain_ce")
@@ -111,29 +121,52 @@ def _classifier_epoch(model: nn.Module, opt, cfg: UnlearnConfig, forget: ImageSe
 
 
 def _lm_epoch(model: nn.Module, opt, cfg: UnlearnConfig, forget: torch.Tensor, retain: torch.Tensor | None,
-              reference: nn.Module | None, epoch: int) -> dict[str, float]:
+              reference: torch.Tensor | None, epoch: int) -> dict[str, float]:
     gen = torch.Generator().manual_seed(cfg.seed * 1000 + epoch)
     order = torch.randperm(forget.shape[0], generator=gen)
     r_order = torch.randperm(retain.shape[0], generator=gen) if retain is not None else None
     logs: dict[str, float] = {}
-    device = next(model.parameters()).device
+    device = _device(model)
     for j, idx in enumerate(order.split(cfg.batch_size)):
+        rows, w = dist.local_rows(idx.numel())
+        idx = idx[rows]
         ids = forget[idx].to(device)
         if cfg.method == "npo":
-            loss = losses.npo_loss(model, reference, ids, cfg.beta)
+            loss = losses.npo_loss(model, reference[idx].to(device), ids, cfg.beta)
         else:
             loss = -losses.nll(model, ids)
         logs["forget"] = float(loss.detach())
+        loss = w * loss
         if cfg.method in ("graddiff", "npo") and retain is not None and cfg.alpha > 0:
             start = (j * cfg.batch_size) % retain.shape[0]
             r_idx = r_order[start : start + cfg.batch_size]
-            r_loss = losses.nll(model, retain[r_idx].to(device))
+            r_rows, r_w = dist.local_rows(r_idx.numel())
+            r_loss = losses.nll(model, retain[r_idx[r_rows]].to(device))
             logs["retain_nll"] = float(r_loss.detach())
-            loss = loss + cfg.alpha * r_loss
+            loss = loss + r_w * cfg.alpha * r_loss
         opt.zero_grad()
         loss.backward()
         opt.step()
     return logs
+
+
+def _device(model: nn.Module) -> torch.device:
+    p = next(model.parameters())
+    return p.to_local().device if is_dtensor(p) else p.device
+
+
+@torch.no_grad()
+def reference_logprobs(model: nn.Module, forget: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """log π_ref(x) of every forget window under the model as it is now (NPO's frozen reference);
+    under FSDP every rank computes all of them (each forward is a collective)."""
+    was = model.training
+    model.eval()
+    try:
+        device = _device(model)
+        out = [losses.sequence_logprob(model, b.to(device)).float().cpu() for b in forget.split(batch_size)]
+    finally:
+        model.train(was)
+    return torch.cat(out)
 
 
 def unlearn(model: nn.Module, config: UnlearnConfig, forget: Any, retain: Any = None,
@@ -141,6 +174,7 @@ def unlearn(model: nn.Module, config: UnlearnConfig, forget: Any, retain: Any = 
     """Unlearn `forget` from `model` in place (for `retrain`: replace its weights by a fresh model
     trained on `retain`). Returns the mask used, the run time (RTE) and the loss history."""
     cfg = config
+    model = dist.unwrap(model)
     lm = is_language_model(model)
     if lm:
         require(cfg.method in LM_METHODS, f"method {cfg.method!r} is for classifiers; LM methods: {LM_METHODS}")
@@ -159,24 +193,22 @@ def unlearn(model: nn.Module, config: UnlearnConfig, forget: Any, retain: Any = 
             mask = saliency_mask(model, forget, cfg, progress)
             mask_seconds = time.time() - t0
         mask.check_model(model)
+    reference = reference_logprobs(model, forget, cfg.batch_size) if cfg.method == "npo" else None
     make = factory(cfg.optimizer, cfg.lr, cfg.momentum, cfg.weight_decay)
     opt = MaskedOptimizer(model, mask, make) if cfg.masked else DenseOptimizer(model, make)
-    reference = None
-    if cfg.method == "npo":
-        reference = copy.deepcopy(model).eval()
-        for p in reference.parameters():
-            p.requires_grad_(False)
+    net = _data_parallel(model)  # after the optimizer fixed which parameters train
     gen = torch.Generator().manual_seed(cfg.seed)
-    num_classes = None if lm else int(model(forget.floats(slice(0, 1)).to(next(model.parameters()).device)).shape[-1])
+    num_classes = None if lm else int(model(forget.floats(slice(0, 1)).to(_device(model))).shape[-1])
     history = []
     try:
-        for epoch in tqdm(range(cfg.epochs), desc=f"unlearn[{cfg.method}]", disable=not progress, leave=False):
+        for epoch in tqdm(range(cfg.epochs), desc=f"unlearn[{cfg.method}]", disable=not progress or not dist.is_main(),
+                          leave=False):
             if lm:
                 model.train()
-                logs = _lm_epoch(model, opt, cfg, forget, retain, reference, epoch)
+                logs = _lm_epoch(net, opt, cfg, forget, retain, reference, epoch)
             else:
                 _train_mode(model, cfg.freeze_bn_stats)
-                logs = _classifier_epoch(model, opt, cfg, forget, retain, epoch, gen, num_classes)
+                logs = _classifier_epoch(net, opt, cfg, forget, retain, epoch, gen, num_classes)
             history.append({"epoch": epoch + 1, **logs})
     finally:
         model.eval()
@@ -186,12 +218,23 @@ def unlearn(model: nn.Module, config: UnlearnConfig, forget: Any, retain: Any = 
     return UnlearnResult(cfg, mask, time.time() - t0, mask_seconds, opt.trainable, history)
 
 
+def _data_parallel(model: nn.Module) -> nn.Module:
+    """DDP around a replicated model under torchrun (FSDP2 models already sync their gradients)."""
+    if not dist.is_distributed() or any(is_dtensor(p) for p in model.parameters()):
+        return model
+    from torch.nn.parallel import DistributedDataParallel
+
+    device = _device(model)
+    return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+
 def _retrain(model: nn.Module, cfg: UnlearnConfig, retain: ImageSet | None, t0: float,
              progress: bool) -> UnlearnResult:
     from surgery.models.vision import build_vision
     from surgery.train import fit
 
     require(retain is not None, "retrain needs a retain set")
+    require(not dist.is_distributed(), "retrain runs in one process (it trains a fresh model)")
     spec = getattr(model, "surgery_config", None)
     if spec is None:
         raise SurgeryError("retrain needs a model built by surgery.models.build_vision (its config)")

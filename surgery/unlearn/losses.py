@@ -24,11 +24,10 @@ def sequence_logprob(model: nn.Module, ids: torch.Tensor) -> torch.Tensor:
     return -token_nll(logits, ids).sum(dim=1)
 
 
-def npo_loss(model: nn.Module, reference: nn.Module, ids: torch.Tensor, beta: float) -> torch.Tensor:
-    """NPO (Zhang et al. 2024): −(2/β)·log σ(−β·(log π_θ(x) − log π_ref(x))), mean over windows."""
-    with torch.no_grad():
-        ref = sequence_logprob(reference, ids)
-    ratio = sequence_logprob(model, ids) - ref
+def npo_loss(model: nn.Module, reference: torch.Tensor, ids: torch.Tensor, beta: float) -> torch.Tensor:
+    """NPO (Zhang et al. 2024): −(2/β)·log σ(−β·(log π_θ(x) − log π_ref(x))), mean over windows;
+    `reference` holds log π_ref of each window (the frozen model's, computed once)."""
+    ratio = sequence_logprob(model, ids) - reference
     return -(2.0 / beta) * F.logsigmoid(-beta * ratio).mean()
 
 
