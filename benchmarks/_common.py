@@ -13,6 +13,21 @@ from typing import Any
 import torch
 
 RESULTS = Path(__file__).resolve().parent / "results"
+# benchmark language models: model source, calibration text, evaluation texts, quantization group rule
+MODELS = {
+    "shakespeare-lm": ("shakespeare-lm", "shakespeare:train", {"test": "shakespeare:test", "wikitext2": "wikitext2"},
+                       "error"),
+    "stories260K": ("{data}/models/stories260K", "tinystories:train",
+                    {"test": "tinystories:test", "wikitext2": "wikitext2"}, "channel"),
+}
+
+
+def model_path(name: str) -> Path:
+    """The local folder of a benchmark model (reference models are built on first use)."""
+    from surgery.data.text import data_dir
+    from surgery.reference import resolve_model
+
+    return resolve_model(MODELS[name][0].format(data=data_dir()))
 
 
 def stamp() -> dict[str, Any]:

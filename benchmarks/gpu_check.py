@@ -6,8 +6,13 @@
 3. Exact top-k mask on 1e9 weights (GPU) against torch.topk: time and exactness.
 4. GPTQ and ApiQ on CUDA: the quantized tiny model matches the CPU result's perplexity closely.
 5. Pruning on CUDA: sliced == masked logits.
+6. The command line on the device: `surgery score --device cuda --dtype bf16`, `surgery mask --device
+   cuda` (the GPU top-k) and `surgery run` of a GPTQ recipe with `device: cuda` / `--dtype bf16`; every
+   output loads, and the run's perplexity is close to the same recipe run on CPU in fp32.
+7. A ≥1B random-init bf16 Llama (GQA) through score → GPTQ W4 → prune 25 % → export on the device,
+   time and peak device memory per stage.
 
-    python benchmarks/gpu_check.py [--out results.json] [--device cuda]
+    python benchmarks/gpu_check.py [--out results.json] [--device cuda] [--only cli pipeline] [--small]
 """
 from __future__ import annotations
 
@@ -91,11 +96,14 @@ def check_cost(dev: str, dtype: torch.dtype) -> dict:
 def check_topk(dev: str, n: int) -> dict:
     x = torch.randn(n, device=dev, generator=torch.Generator(device=dev).manual_seed(0)).abs_()
     k = n // 2
-    sync(dev)
-    t = time.perf_counter()
-    ours = topk_masks([x], k)[0]
-    sync(dev)
-    t_ours = time.perf_counter() - t
+    times = {}
+    for method in ("radix", "auto"):  # auto = the radix select of torch.kthvalue on CUDA
+        sync(dev)
+        t = time.perf_counter()
+        ours = topk_masks([x], k, method=method)[0]
+        sync(dev)
+        times[method] = time.perf_counter() - t
+    t_ours = times
     try:
         t = time.perf_counter()
         thr = torch.topk(x, k, sorted=False).values.min()
@@ -142,6 +150,100 @@ def check_prune(dev: str) -> dict:
     return {"sliced_vs_masked_max_abs_diff": diff, "achieved_sparsity": r.achieved_sparsity}
 
 
+RECIPE = """\
+device: {device}
+calibration: {{data: {corpus}, nsamples: 16, seqlen: 64}}
+quant_stage:
+  quant_modifiers:
+    GPTQModifier: {{num_bits: 4, group_size: 32}}
+eval_stage: {{data: [{corpus}], seqlen: 64, speed: false}}
+"""
+
+
+def check_cli(dev: str) -> dict:
+    """The CLI commands a GPU user types, each in a fresh process."""
+    import subprocess
+    import tempfile
+
+    from surgery.data import text
+    from surgery.models import save_model
+    from surgery.models.tokenizer import train_bpe
+
+    out: dict = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        save_model(tiny(vocab_size=300), tmp / "m", tokenizer=train_bpe(text.embedded()["train"].values(), 300))
+        (tmp / "c.txt").write_text(text.join(text.embedded()["test"])[:20000])
+
+        def cli(*args: str) -> tuple[int, float, str]:
+            t = time.time()
+            p = subprocess.run([sys.executable, "-m", "surgery.cli.main", *args], capture_output=True, text=True)
+            return p.returncode, round(time.time() - t, 1), (p.stderr.strip().splitlines() or [""])[-1]
+
+        out["score"] = cli("score", "--model", str(tmp / "m"), "--data", str(tmp / "c.txt"), "--seqlen", "64",
+                           "--device", dev, "--dtype", "bf16", "--kind", "fisher", "--out", str(tmp / "s.safetensors"))
+        out["mask"] = cli("mask", "--map", str(tmp / "s.safetensors"), "--density", "0.1", "--device", dev,
+                          "--out", str(tmp / "mask.safetensors"))
+        ppl = {}
+        for device, dtype in ((dev, "bf16"), ("cpu", "fp32")):
+            recipe = tmp / f"{device}.yaml"
+            recipe.write_text(RECIPE.format(device=device, corpus=tmp / "c.txt"))
+            folder = tmp / f"out-{device}"
+            out[f"run_{device}_{dtype}"] = cli("run", str(recipe), "--model", str(tmp / "m"), "--output", str(folder),
+                                              "--dtype", dtype)
+            if folder.exists():
+                models = json.loads((folder / "metrics.json").read_text())["comparison"]["models"]
+                ppl[f"{device}_{dtype}"] = models[1]["metrics"][f"ppl:{tmp / 'c.txt'}"]
+        out["ppl"] = ppl
+        if len(ppl) == 2:
+            a, b = ppl.values()
+            out["ppl_rel_diff"] = abs(a - b) / b
+    return out
+
+
+def check_pipeline(dev: str, small: bool) -> dict:
+    """score → GPTQ W4 → prune 25 % → export of a ≥1B random-init bf16 Llama, stage by stage."""
+    import tempfile
+
+    from surgery.prune import PruneConfig, SearchConfig, prune
+    from surgery.quantize import GPTQConfig, export, quantize
+
+    h, layers, heads, kv, inter = (256, 2, 4, 2, 512) if small else (2048, 18, 32, 8, 8192)
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=32000, hidden_size=h, num_hidden_layers=layers, num_attention_heads=heads,
+                      num_key_value_heads=kv, intermediate_size=inter, max_position_embeddings=512)
+    model = LlamaForCausalLM(cfg).to(device=dev, dtype=torch.bfloat16).eval()
+    calib = torch.randint(0, 32000, (16, 256), generator=torch.Generator().manual_seed(0))
+    report: dict = {"params": sum(p.numel() for p in model.parameters())}
+
+    def stage(name: str, fn):
+        if dev == "cuda":
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            base = torch.cuda.memory_allocated()
+        t = time.time()
+        result = fn()
+        sync(dev)
+        report[name] = {"seconds": round(time.time() - t, 2)}
+        if dev == "cuda":
+            report[name]["peak_extra_gib"] = round((torch.cuda.max_memory_allocated() - base) / 2**30, 2)
+        print(name, report[name], flush=True)
+        return result
+
+    stage("score", lambda: score(model, list(calib.to(dev).split(4)), kind="fisher", progress=False, offload=True))
+    search = SearchConfig(generations=2, offspring=4, survivors=[2], stage_windows=[4, 16], top_k=64)
+    pruned = stage("prune_25", lambda: prune(model, PruneConfig(sparsity=0.25, batch_size=4, iterations=1, levels=5,
+                                                                 search_samples=16, search=search),
+                                             calib.to(dev), progress=False))
+    small_model = stage("slice", pruned.slice)
+    q = stage("gptq_w4", lambda: quantize(small_model, GPTQConfig(num_bits=4, group_size=128), calib=calib,
+                                          batch_size=4, progress=False))
+    with tempfile.TemporaryDirectory() as tmp:
+        stage("export", lambda: export(small_model, q, Path(tmp) / "out"))
+        report["folder_gib"] = round(sum(f.stat().st_size for f in (Path(tmp) / "out").rglob("*")) / 2**30, 3)
+    return report
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(allow_abbrev=False)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -155,7 +257,8 @@ def main() -> None:
     steps = [("scorer", lambda: check_scorer(dev)),
              ("cost_bf16", lambda: check_cost(dev, torch.bfloat16) if not args.small else {}),
              ("topk", lambda: check_topk(dev, args.topk_n if not args.small else 10_000_000)),
-             ("quant", lambda: check_quant(dev)), ("prune", lambda: check_prune(dev))]
+             ("quant", lambda: check_quant(dev)), ("prune", lambda: check_prune(dev)),
+             ("cli", lambda: check_cli(dev)), ("pipeline", lambda: check_pipeline(dev, args.small))]
     for name, fn in steps:
         if args.only and name not in args.only:
             continue

@@ -1,4 +1,5 @@
-"""Pruning benchmark on the Shakespeare reference LM at 25 % and 50 % structural sparsity.
+"""Pruning benchmark at 25 % and 50 % structural sparsity: the Shakespeare reference LM (default) or
+stories260K, a real pretrained Llama (`--model stories260K`: held-out TinyStories text and WikiText-2).
 
 Sparsity = share of the decoder-block linear weights removed (q, k, v, o, gate, up, down). Methods
 on the same units (KV groups, FFN neurons) and the same per-type budget: uniform sparsity with our
@@ -7,7 +8,8 @@ Ablations at 50 %: accumulation mode (uniform 50 % levels everywhere, no search)
 iterations 1–4, saliency-seeded vs uniform start. Speed: the sliced model against dense in the
 same process. Results are appended to the JSON as they finish (a killed run resumes).
 
-    SURGERY_DATA_DIR=../shared/data python benchmarks/prune_shakespeare.py [--sparsities 0.25 0.5]
+    SURGERY_DATA_DIR=../shared/data python benchmarks/prune_shakespeare.py [--model stories260K] \
+        [--sparsities 0.25 0.5] [--max-windows N] [--no-ablations]
 """
 from __future__ import annotations
 
@@ -19,15 +21,15 @@ from pathlib import Path
 
 import torch
 
-from _common import RESULTS, stamp
+from _common import MODELS, RESULTS, model_path, stamp
 
-from surgery.data import text as textdata
+from surgery.data import read_text
 from surgery.data.windows import calib_windows, eval_windows, tokenize
 from surgery.evaluate import kl_divergence, perplexity, throughput
 from surgery.models.adapters import DecoderAdapter
 from surgery.prune import PruneConfig, SearchConfig, prune
 from surgery.prune.baselines import flap, wanda_sp
-from surgery.reference import load_reference
+from surgery.models import load_model
 
 SEQLEN = 256
 KL_WINDOWS = 64
@@ -44,22 +46,22 @@ def prune_config(sparsity: float, **kw) -> PruneConfig:
 
 
 class Bench:
-    def __init__(self, out: Path) -> None:
+    def __init__(self, out: Path, model: str = "shakespeare-lm", max_windows: int | None = None) -> None:
         self.out = out
         self.runs: dict = json.loads(out.read_text())["runs"] if out.exists() else {}
-        _, tok, _ = load_reference("shakespeare-lm", progress=False)
-        sp = textdata.shakespeare()
-        train = tokenize(tok, textdata.join(sp["train"]))
+        _, calib_text, sets, _ = MODELS[model]
+        self.model_name, self.max_windows = model, max_windows
+        self.path = model_path(model)
+        _, tok = load_model(self.path)
+        train = tokenize(tok, read_text(calib_text))
         self.calib = calib_windows(train, 64, SEQLEN, seed=0)
         self.search = calib_windows(train, 64, SEQLEN, seed=1)
-        self.sets = {"test": eval_windows(tokenize(tok, textdata.join(sp["test"])), SEQLEN),
-                     "wikitext2": eval_windows(tokenize(tok, textdata.wikitext2_test()), SEQLEN)}
+        self.sets = {k: eval_windows(tokenize(tok, read_text(v)), SEQLEN, max_windows) for k, v in sets.items()}
         self.dense = self.fresh()
         self.vocab = self.dense.config.vocab_size
 
-    @staticmethod
-    def fresh() -> torch.nn.Module:
-        return load_reference("shakespeare-lm", progress=False)[0].eval()
+    def fresh(self) -> torch.nn.Module:
+        return load_model(self.path)[0].eval()
 
     def evaluate(self, model: torch.nn.Module, sets: tuple[str, ...] = ("test", "wikitext2")) -> dict:
         out = {f"ppl_{k}": perplexity(model, self.sets[k], batch_size=32) for k in sets}
@@ -70,7 +72,8 @@ class Bench:
 
     def record(self, key: str, row: dict) -> None:
         self.runs[key] = row
-        self.out.write_text(json.dumps({**stamp(), "runs": self.runs}, indent=2, default=str))
+        self.out.write_text(json.dumps({**stamp(), "model": self.model_name, "max_windows": self.max_windows,
+                                        "runs": self.runs}, indent=2, default=str))
         short = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()
                  if k not in ("per_layer", "iterations", "history")}
         print(f"{key}: {json.dumps(short, default=str)}", flush=True)
@@ -94,6 +97,7 @@ class Bench:
 
         def each(t: int, result) -> None:
             per_iteration.append({"iteration": t, "ppl_test": perplexity(model, self.sets["test"], batch_size=32),
+                                  "ppl_wikitext2": perplexity(model, self.sets["wikitext2"], batch_size=32),
                                   "fitness": result.iterations[-1]["fitness"],
                                   "seconds": result.iterations[-1]["seconds"]})
 
@@ -156,14 +160,18 @@ def _removed(model: torch.nn.Module, counts: dict) -> int:
 
 def main() -> None:
     ap = argparse.ArgumentParser(allow_abbrev=False)
+    ap.add_argument("--model", default="shakespeare-lm", choices=list(MODELS))
     ap.add_argument("--sparsities", type=float, nargs="+", default=[0.25, 0.5])
-    ap.add_argument("--out", default=str(RESULTS / "prune_shakespeare.json"))
+    ap.add_argument("--max-windows", type=int, help="cap on evaluation windows per text")
+    ap.add_argument("--no-ablations", action="store_true", help="skip the 50 % ablations")
+    ap.add_argument("--out", help="results JSON (default: results/prune_<model>.json)")
     ap.add_argument("--torch-pruning", metavar="DIR",
                     help="folder holding torch-pruning (pip install --no-deps --target DIR torch-pruning==1.5.2)")
     ap.add_argument("--table-only", action="store_true", help="print the tables from the JSON; run nothing")
     args = ap.parse_args()
     torch.manual_seed(0)
-    b = Bench(Path(args.out))
+    default = "prune_shakespeare.json" if args.model == "shakespeare-lm" else f"prune_{args.model}.json"
+    b = Bench(Path(args.out or RESULTS / default), args.model, args.max_windows)
     if "dense" not in b.runs:
         b.record("dense", b.evaluate(b.dense))
     if not args.table_only:
@@ -172,7 +180,7 @@ def main() -> None:
             b.baseline(f"{s}/wanda-sp", wanda_sp, s)
             b.baseline(f"{s}/flap", flap, s)
             b.ours(f"{s}/search", s, speed=True)
-            if s == 0.5:  # ablations at 50 %; expectation accumulation is the uniform+solver run above
+            if s == 0.5 and not args.no_ablations:  # ablations at 50 %; expectation accumulation is the uniform+solver run above
                 for mode in ("none", "centre"):
                     b.ours(f"ablation/accumulation={mode}", 0.5, start="uniform", iterations=0,
                            accumulation=mode)
@@ -185,13 +193,13 @@ def main() -> None:
                 for setting in ("units", "official"):
                     b.torch_pruning(f"{s}/torch-pruning {setting}", args.torch_pruning, s, setting)
     text = report(b, args.sparsities)
-    Path(args.out).with_suffix(".md").write_text(text + "\n")
+    b.out.with_suffix(".md").write_text(text + "\n")
     print(text)
 
 
 def report(b: Bench, sparsities: list[float]) -> str:
     d = b.runs["dense"]
-    lines = ["| sparsity | method | ppl test plays | ppl WikiText-2 | KL to dense | block weights | wall s |",
+    lines = ["| sparsity | method | ppl test (in domain) | ppl WikiText-2 | KL to dense | block weights | wall s |",
              "|---|---|---|---|---|---|---|",
              f"| 0 | dense | {d['ppl_test']:.2f} | {d['ppl_wikitext2']:.1f} | 0 | {d['block_params']:,} | – |"]
     for s in sorted(sparsities):
@@ -204,8 +212,9 @@ def report(b: Bench, sparsities: list[float]) -> str:
                              f"{r['block_params']:,} | {r.get('seconds', 0):.0f} |")
         u, srch = b.runs.get(f"{s}/uniform+solver"), b.runs.get(f"{s}/search")
         if u and srch:
-            lines.append(f"\n{s}: search / uniform perplexity (test plays) = {srch['ppl_test'] / u['ppl_test']:.3f}"
-                         " (goal at 0.5: ≤ 0.75)\n")
+            lines.append(f"\n{s}: search / uniform perplexity: in domain {srch['ppl_test'] / u['ppl_test']:.3f}, "
+                         f"WikiText-2 {srch['ppl_wikitext2'] / u['ppl_wikitext2']:.3f} (goal ≤ 0.8 in domain, "
+                         "≤ 1 out of domain)\n")
     text = "\n".join(lines)
     acc = {"none (dense inputs)": b.runs.get("ablation/accumulation=none"),
            "centre candidate": b.runs.get("ablation/accumulation=centre"),
@@ -222,14 +231,17 @@ def report(b: Bench, sparsities: list[float]) -> str:
                                                               ("saliency start + pre-screen 50 %",
                                                                "search-saliency-prescreen"))
                  if f"ablation/{v}" in b.runs]
-        text += ("\n\nSearch iterations (50 %): test-play perplexity and fitness (top-k KL on the search "
-                 "windows) after each iteration, cumulative wall time:\n\n| variant | iteration | ppl test | "
-                 "fitness | s |\n|---|---|---|---|---|\n")
+        text += ("\n\nSearch iterations (50 %): held-out perplexity in and out of domain and fitness (top-k KL "
+                 "on the search windows) after each iteration, cumulative wall time; the best iteration by fitness "
+                 "is the one kept:\n\n| variant | iteration | ppl test | ppl WikiText-2 | fitness | s |\n"
+                 "|---|---|---|---|---|---|\n")
         for name, r in rows:
             total = 0.0
             for it in r["per_iteration"]:
                 total += it["seconds"]
-                text += f"| {name} | {it['iteration']} | {it['ppl_test']:.2f} | {it['fitness']:.4f} | {total:.0f} |\n"
+                wiki = f"{it['ppl_wikitext2']:.1f}" if "ppl_wikitext2" in it else "–"
+                text += (f"| {name} | {it['iteration']} | {it['ppl_test']:.2f} | {wiki} | {it['fitness']:.4f} | "
+                         f"{total:.0f} |\n")
         if "speed" in full:
             sp = full["speed"]
             text += (f"\nSliced 50 % model vs dense, same process: prefill {sp['ratio']['prefill_tok_s']:.2f}×, "

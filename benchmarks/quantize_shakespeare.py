@@ -25,21 +25,13 @@ from pathlib import Path
 
 import torch
 
-from _common import RESULTS, PeakRSS, stamp
+from _common import MODELS, RESULTS, PeakRSS, model_path, stamp
 
 from surgery.data import read_text
 from surgery.data.windows import calib_windows, eval_windows, tokenize
 from surgery.evaluate import kl_divergence, perplexity, size_on_disk
 from surgery.models import load_model
 from surgery.quantize import CONFIGS, export, quantize
-from surgery.reference import resolve_model
-
-MODELS = {  # model source, calibration text, evaluation texts, group rule
-    "shakespeare-lm": ("shakespeare-lm", "shakespeare:train", {"test": "shakespeare:test", "wikitext2": "wikitext2"},
-                       "error"),
-    "stories260K": ("{data}/models/stories260K", "tinystories:train",
-                    {"test": "tinystories:test", "wikitext2": "wikitext2"}, "channel"),
-}
 
 SEQLEN = 256
 KL_WINDOWS = 64  # KL(dense ‖ quantized) on the first 64 test windows (16k tokens)
@@ -63,15 +55,13 @@ ABLATION = {  # W2g64, seed 0: λ and stage order
 
 class Bench:
     def __init__(self, out: Path, nsamples: int, model: str, max_windows: int | None = None) -> None:
-        from surgery.data.text import data_dir
-
         self.out = out
         self.nsamples = nsamples
         self.model_name = model
         self.max_windows = max_windows
         self.runs: dict[str, dict] = json.loads(out.read_text())["runs"] if out.exists() else {}
-        source, calib_text, sets, self.group_rule = MODELS[model]
-        self.path = resolve_model(source.format(data=data_dir()))
+        _, calib_text, sets, self.group_rule = MODELS[model]
+        self.path = model_path(model)
         _, self.tok = load_model(self.path)
         self.train_ids = tokenize(self.tok, read_text(calib_text))
         self.sets = {k: eval_windows(tokenize(self.tok, read_text(v)), SEQLEN, max_windows) for k, v in sets.items()}

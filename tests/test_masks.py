@@ -27,10 +27,18 @@ def make_tensors(seed=0):
             torch.randn(4, 5, 6, generator=g).round(decimals=1)]  # rounding makes many ties
 
 
+CUDA_DIGITS = ((24, 7), (16, 8), (8, 8), (0, 8))  # the GPU path's four 8-bit passes, run here on CPU
+
+
+PATHS = {"cpu-digits": dict(method="radix"), "cuda-digits": dict(method="radix", digits=CUDA_DIGITS),
+         "select": dict(method="select")}  # every threshold path, run here on CPU
+
+
+@pytest.mark.parametrize("path", list(PATHS))
 @pytest.mark.parametrize("k", [1, 7, 100, 250, 305, 306])
-def test_topk_equals_sorted_reference(k):
+def test_topk_equals_sorted_reference(k, path):
     tensors = make_tensors()
-    got = topk_masks(tensors, k, chunk=50)  # a small chunk exercises the streaming path
+    got = topk_masks(tensors, k, chunk=50, **PATHS[path])  # a small chunk exercises the streaming path
     want = reference_masks(tensors, k)
     assert sum(int(m.sum()) for m in got) == k
     for a, b in zip(got, want):
@@ -49,15 +57,17 @@ def test_kth_largest_matches_kthvalue_with_special_values():
     x = torch.cat([torch.randn(1000), torch.zeros(50), torch.tensor([1e-42, -1e-42, float("inf")]),
                    -torch.rand(100) * 1e-30])
     for k in (1, 2, 17, 500, 1100, x.numel()):
-        thr = kth_largest([x[:600], x[600:]], k)
-        want = torch.kthvalue(x.abs(), x.numel() - k + 1).values
-        assert thr.value == float(want)
-        assert thr.count_gt == int((x.abs() > want).sum())
+        for path in PATHS.values():
+            thr = kth_largest([x[:600], x[600:]], k, **path)
+            want = torch.kthvalue(x.abs(), x.numel() - k + 1).values
+            assert thr.value == float(want)
+            assert thr.count_gt == int((x.abs() > want).sum())
 
 
-def test_nan_is_refused():
+@pytest.mark.parametrize("path", list(PATHS))
+def test_nan_is_refused(path):
     with pytest.raises(SurgeryError, match="NaN"):
-        topk_masks([torch.tensor([1.0, float("nan"), 2.0])], 1)
+        topk_masks([torch.tensor([1.0, float("nan"), 2.0])], 1, **PATHS[path])
 
 
 @pytest.mark.parametrize("density", [0.01, 0.1, 0.5, 0.73, 1.0])

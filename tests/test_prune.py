@@ -205,11 +205,11 @@ def test_killed_supernet_build_and_search_resume_to_the_same_result(tmp_path, mo
         real_call = fit.__class__.__call__
         count = {"n": 0}
 
-        def dying_call(self, model, n):
+        def dying_call(self, model, *a, **k):
             count["n"] += 1
             if count["n"] == 12:
                 raise KeyboardInterrupt
-            return real_call(self, model, n)
+            return real_call(self, model, *a, **k)
 
         monkeypatch.setattr(fit.__class__, "__call__", dying_call)
         try:
@@ -292,3 +292,66 @@ def test_width_multiple_keeps_every_width_a_multiple_and_a_chain_on_one_scheme()
     assert list(q.schemes()) == ["W4 g8"]
     with pytest.raises(SurgeryError, match="width_multiple 16: layer 0's neurons"):
         prune(tiny_llama(), PruneConfig(sparsity=0.5, width_multiple=16, **FAST), calib(), progress=False)
+
+
+def test_fitness_on_drawn_windows_equals_the_kl_on_those_windows():
+    """The search's fitness on a draw of pool windows is the top-k KL on exactly those windows."""
+    from surgery.evaluate.lm import kl_divergence
+    from surgery.prune.search import TopKFitness
+
+    dense, other = tiny_llama(seed=0), tiny_llama(seed=1)
+    pool = calib(n=10)
+    fit = TopKFitness(dense, pool, top_k=16, batch_size=3)
+    for pick in ([7, 2, 5], [0], list(range(10))):
+        want = kl_divergence(dense, other, pool[sorted(pick)], batch_size=4, top_k=16)
+        assert fit(other, indices=pick) == pytest.approx(want, rel=1e-6)
+    assert fit(other, n_windows=4) == pytest.approx(kl_divergence(dense, other, pool[:4], top_k=16), rel=1e-6)
+    assert fit(other) == pytest.approx(kl_divergence(dense, other, pool, top_k=16), rel=1e-6)
+
+
+def test_resampled_search_draws_new_windows_and_keeps_the_best_iteration(monkeypatch):
+    from surgery.prune.search import TopKFitness
+
+    seen = []
+    real = TopKFitness.__call__
+
+    def spy(self, model, n_windows=None, indices=None):
+        seen.append(tuple(indices) if indices is not None else n_windows)
+        return real(self, model, n_windows, indices)
+
+    monkeypatch.setattr(TopKFitness, "__call__", spy)
+    result = prune(tiny_llama(), PruneConfig(sparsity=0.5, **FAST), calib(), progress=False)
+    draws = {s for s in seen if isinstance(s, tuple)}
+    assert len(draws) > 4  # fresh windows per stage and generation
+    fits = [it["fitness"] for it in result.iterations]
+    assert result.iterations[result.best_iteration - 1]["fitness"] == min(fits)
+    monkeypatch.setattr(TopKFitness, "__call__", real)
+    import dataclasses
+
+    fixed = prune(tiny_llama(), PruneConfig(sparsity=0.5, **{**FAST, "search": dataclasses.replace(SEARCH, resample=False)}),
+                  calib(), progress=False)
+    assert fixed.iterations and fixed.achieved_sparsity == result.achieved_sparsity
+
+
+def test_unit_scores_on_two_threads_equal_one_block_at_a_time():
+    """Batched 256×256 blocks on two MKL threads (where torch.linalg.solve's batched LU fails in
+    torch 2.13) give the per-block OBS scores."""
+    g = torch.Generator().manual_seed(0)
+    n, s, out = 512, 256, 64
+    R = torch.randn(n, n, dtype=torch.float64, generator=g)
+    Hinv = R @ R.t() / n + torch.eye(n, dtype=torch.float64)
+    W = torch.randn(out, n, dtype=torch.float64, generator=g)
+    H, C = torch.linalg.inv(Hinv), torch.randn(n, out, dtype=torch.float64, generator=g)
+    cols = torch.arange(n).view(n // s, s)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        got = unit_scores(W, H, C, Hinv, cols)
+    finally:
+        torch.set_num_threads(threads)
+    G = W @ H - C.t()
+    for u in range(cols.shape[0]):
+        c = cols[u]
+        first = (G[:, c] * W[:, c]).sum().abs()
+        obs = 0.5 * torch.einsum("oi,ij,oj->", W[:, c], torch.linalg.inv(Hinv[c][:, c]), W[:, c])
+        assert float(got[u]) == pytest.approx(float(first + obs), rel=1e-9)

@@ -24,6 +24,9 @@ class SearchConfig:
         top_k: dense logits kept for the KL fitness.
         prescreen: evaluate only this share of the offspring (lowest saliency cost) with KL; 1.0
             turns pre-screening off.
+        resample: each selection stage of each generation draws its windows at random from the
+            fitness pool (`search_samples` windows), and the parent is re-scored on the final draw
+            (Týr's protocol); false scores the first `stage_windows[i]` windows every time.
     """
 
     generations: Annotated[int, Strict(), Field(ge=0)] = 20
@@ -32,6 +35,7 @@ class SearchConfig:
     stage_windows: list[PosInt] = dataclasses.field(default_factory=lambda: [2, 8, 32])
     top_k: PosInt = 256
     prescreen: Fraction = 1.0
+    resample: Bool = True
 
     def __post_init__(self) -> None:
         require(len(self.survivors) == len(self.stage_windows) - 1,

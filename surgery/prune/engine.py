@@ -205,12 +205,12 @@ def prune(model: nn.Module, config: PruneConfig, calib: torch.Tensor | None, sea
         apply = (lambda d, net=net: apply_masked(adapter, net, d))
         if cfg.iterations == 0 or cfg.search.generations == 0:
             apply(centres)
-            winner, history = dict(centres), [{"generation": 0, "fitness": fitness(model, cfg.search.stage_windows[-1])}]
+            winner, history = dict(centres), []
         else:
             winner, history = evolve(model, apply, centres, space, fitness, cfg.search, cfg.seed + t,
                                      _saliency_cost(net, scores) if scores is not None else None,
                                      Checkpoint(folder / "search", it_fp, "search") if folder else None, progress)
-        fit = history[-1]["fitness"]
+        fit = fitness(model)  # the winner on the whole fitness pool: comparable across iterations
         result.iterations.append({"iteration": t + 1, "ffn_step": space.steps.get("mlp"),
                                   "distribution": dist_to_json(winner), "fitness": fit,
                                   "achieved_sparsity": check_budget(lay, winner), "seconds": round(time.time() - it0, 1),

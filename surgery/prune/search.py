@@ -5,7 +5,9 @@ sparsity from one sub-layer to another of the same type, so each type's paramete
 budget — stays exactly where it was. Duplicates are rejected. Selection is multi-stage: every
 child is scored on a few calibration windows, the best few on more, and the finalists plus the
 parent (elitism) on the most; fitness = KL between the dense model's top-k logits and the
-candidate's logits at the same token ids (both renormalised over those ids).
+candidate's logits at the same token ids (both renormalised over those ids). With `resample`
+(Týr's protocol) every stage of every generation draws its windows afresh from the pool, and the
+parent is re-scored on the final stage's draw, so the search cannot fit one fixed set of windows.
 """
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ import json
 import math
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -28,38 +30,38 @@ from surgery.prune.units import Dist, SubKey, dist_from_json, dist_to_json
 
 
 class TopKFitness:
-    """KL(dense top-k ‖ candidate at the same ids), mean over predicted tokens of the first n windows.
+    """KL(dense top-k ‖ candidate at the same ids), mean over the predicted tokens of a set of windows.
 
-    Data-parallel: window i is scored by rank i mod world size, and the sums are reduced, so every
-    rank gets the same fitness as one process would.
+    The dense targets of every window of the pool are computed once. Data-parallel: window i lives on
+    rank i mod world size and the sums are reduced, so every rank gets the one-process fitness.
     """
 
     def __init__(self, dense: nn.Module, windows: torch.Tensor, top_k: int, batch_size: int = 8) -> None:
         self.batch_size = batch_size
+        self.pool = windows.shape[0]
         self.world, self.rank = dist.world_size(), dist.rank()
-        self.ids, self.logp = [], []
         device = next(dense.parameters()).device
         self.windows = windows[self.rank::self.world].to(device)
+        ids, logp = [], []
         with torch.no_grad():
             for chunk in self.windows.split(batch_size):
-                ids, logp = dense_topk(dense(input_ids=chunk).logits[:, :-1], top_k)
-                self.ids.append(ids)
-                self.logp.append(logp)
+                i, lp = dense_topk(dense(input_ids=chunk).logits[:, :-1], top_k)
+                ids.append(i)
+                logp.append(lp)
+        self.ids = None if not ids or ids[0] is None else torch.cat(ids)
+        self.logp = torch.cat(logp) if logp else None
 
     @torch.no_grad()
-    def __call__(self, model: nn.Module, n_windows: int) -> float:
-        mine = len(range(self.rank, n_windows, self.world))  # this rank's share of the first n
+    def __call__(self, model: nn.Module, n_windows: int | None = None, indices: Sequence[int] | None = None) -> float:
+        """Fitness on the first `n_windows` of the pool, or on the pool windows `indices`."""
+        chosen = range(n_windows if n_windows is not None else self.pool) if indices is None else indices
+        rows = torch.tensor(sorted(i // self.world for i in chosen if i % self.world == self.rank), dtype=torch.long)
         sums = torch.zeros(2, dtype=torch.float64)  # Σ KL, tokens
-        seen = 0
-        for j, chunk in enumerate(self.windows.split(self.batch_size)):
-            if seen >= mine:
-                break
-            chunk = chunk[: mine - seen]
-            ids = None if self.ids[j] is None else self.ids[j][: chunk.shape[0]]
-            kl = kl_terms(ids, self.logp[j][: chunk.shape[0]], model(input_ids=chunk).logits[:, :-1])
+        for part in rows.split(self.batch_size):
+            ids = None if self.ids is None else self.ids[part]
+            kl = kl_terms(ids, self.logp[part], model(input_ids=self.windows[part]).logits[:, :-1])
             sums[0] += float(kl.double().sum())
             sums[1] += kl.numel()
-            seen += chunk.shape[0]
         if dist.is_distributed():
             on = sums.to(self.windows.device)
             dist.all_reduce_sum_(on)
@@ -115,6 +117,11 @@ def evolve(model: nn.Module, apply: Callable[[Dist], None], parent: Dist, space:
         st = ckpt.state()
         parent, start, history = dist_from_json(st["parent"]), st["done"] + 1, st["history"]
         rng.setstate((st["rng"][0], tuple(st["rng"][1]), st["rng"][2]))
+    pool = fitness.pool
+
+    def draw(n: int) -> dict:  # the windows of one selection stage (the same on every rank)
+        return {"indices": sorted(rng.sample(range(pool), n))} if cfg.resample else {"n_windows": n}
+
     apply(parent)
     parent_fit = fitness(model, final_n)
     if not history:
@@ -133,19 +140,25 @@ def evolve(model: nn.Module, apply: Callable[[Dist], None], parent: Dist, space:
         if cost is not None and cfg.prescreen < 1.0 and children:
             children = sorted(children, key=cost)[:max(1, math.ceil(cfg.prescreen * len(children)))]
         evaluated = 0
-        pool = children
+        pool_left = children
         for stage, n_windows in enumerate(cfg.stage_windows[:-1]):
+            windows = draw(n_windows)
             scored = []
-            for child in pool:
+            for child in pool_left:
                 apply(child)
-                scored.append((fitness(model, n_windows), _key(child), child))
+                scored.append((fitness(model, **windows), _key(child), child))
                 evaluated += 1
             scored.sort(key=lambda t: (t[0], t[1]))
-            pool = [c for _, _, c in scored[: cfg.survivors[stage]]]
+            pool_left = [c for _, _, c in scored[: cfg.survivors[stage]]]
+        final = draw(final_n)
+        if cfg.resample:  # the parent is judged on the same fresh windows as the finalists
+            apply(parent)
+            parent_fit = fitness(model, **final)
+            evaluated += 1
         best, best_fit = parent, parent_fit
-        for child in pool:
+        for child in pool_left:
             apply(child)
-            f = fitness(model, final_n)
+            f = fitness(model, **final)
             evaluated += 1
             if f < best_fit:
                 best, best_fit = child, f

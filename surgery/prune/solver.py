@@ -63,6 +63,19 @@ def least_squares(H: torch.Tensor, C: torch.Tensor, keep: torch.Tensor) -> torch
     return W
 
 
+def _solve_spd(A: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
+    """A⁻¹B for a batch of symmetric positive definite blocks, by Cholesky.
+
+    Not `torch.linalg.solve`: its batched LU solve fails on this torch 2.13 CPU build once MKL runs
+    on two threads (`DLASWP` parameter error, e.g. 2 blocks of 256×256 with 8 right-hand sides).
+    Blocks that lost definiteness to round-off are solved one by one.
+    """
+    L, info = torch.linalg.cholesky_ex(A)
+    if not bool((info != 0).any()):
+        return torch.cholesky_solve(B, L)
+    return torch.stack([torch.linalg.solve(a, b) for a, b in zip(A, B)])
+
+
 def unit_scores(W: torch.Tensor, H: torch.Tensor, C: torch.Tensor, Hinv: torch.Tensor,
                 cols: torch.Tensor) -> torch.Tensor:
     """First-order + OBS saliency of each unit (rows of `cols`: the unit's column indices)."""
@@ -70,7 +83,7 @@ def unit_scores(W: torch.Tensor, H: torch.Tensor, C: torch.Tensor, Hinv: torch.T
     WP = W[:, cols]  # [out, U, s]
     first = (G[:, cols] * WP).sum(dim=(0, 2)).abs()
     blocks = Hinv[cols.unsqueeze(-1), cols.unsqueeze(-2)]  # [U, s, s]
-    z = torch.linalg.solve(blocks, WP.permute(1, 2, 0))  # [U, s, out]
+    z = _solve_spd(blocks, WP.permute(1, 2, 0))  # [U, s, out]
     obs = 0.5 * (WP.permute(1, 2, 0) * z).sum(dim=(1, 2))
     return first + obs
 

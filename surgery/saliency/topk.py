@@ -4,9 +4,10 @@ A non-negative fp32 value and its int32 bit pattern sort the same way, so the k-
 magnitude is found by a radix select on the 31-bit keys: one histogram per digit, each counting
 only the keys that share the digits already fixed. Memory is one small histogram plus one chunk
 of keys; the cost is a few streaming passes, against the full sort (and N-sized index tensors) of
-an argsort. On CPU two 16-bit digits (two passes); on CUDA four 8-bit digits, counted without
-boolean indexing, so no pass waits on the host (fewer, denser bins suit GPU atomics); on CPU the
-keys outside the current prefix are filtered out first, which is cheaper there.
+an argsort. On CPU two 16-bit digits (two passes), the keys outside the current prefix filtered
+out first. On CUDA, when the keys fit beside the scores (N < 2^31), torch's own radix select
+(`kthvalue`, the kernel behind `torch.topk`) finds the exact threshold on their concatenation;
+otherwise four 8-bit digits are counted without boolean indexing, so no pass waits on the host.
 
 Ties at the threshold go to the earliest positions: tensor order, then flat index — so the count
 is exact and the result deterministic. With `distributed=True` each rank holds its row shards of
@@ -81,16 +82,30 @@ def _histogram(tensors: Sequence[torch.Tensor], shift: int, bits: int, prefix: i
     return hist[:nbins], nan
 
 
+def _kth_by_select(tensors: Sequence[torch.Tensor], k: int) -> Threshold:
+    """The threshold from one radix select over the concatenated keys (memory: N fp32 keys)."""
+    keys = torch.cat([t.detach().reshape(-1).to(torch.float32).abs() for t in tensors]).view(torch.int32)
+    if bool((keys > _NAN_KEY).any()):
+        raise SurgeryError("scores contain NaN; cannot rank them")
+    key = int(torch.kthvalue(keys, keys.numel() - k + 1).values)  # int32 keys order like the values
+    return Threshold(key=key, count_gt=int((keys > key).sum()), k=k)
+
+
 def kth_largest(tensors: Sequence[torch.Tensor], k: int, chunk: int = CHUNK, distributed: bool = False,
-                digits: Sequence[tuple[int, int]] | None = None) -> Threshold:
+                digits: Sequence[tuple[int, int]] | None = None, method: str = "auto") -> Threshold:
     """Exact k-th largest |value| over all `tensors` (1 ≤ k ≤ total count; with `distributed`,
-    over every rank's tensors). `digits` overrides the (shift, bits) passes chosen by device."""
+    over every rank's tensors). `method`: `auto` (by device, see above), `select` or `radix`;
+    `digits` overrides the radix passes' (shift, bits)."""
     device = tensors[0].device
     total = torch.tensor([sum(t.numel() for t in tensors)], dtype=torch.int64, device=device)
     if distributed:
         dist.all_reduce_sum_(total)
     if not 1 <= k <= int(total):
         raise SurgeryError(f"k={k} outside [1, {int(total)}]")
+    if method == "auto":
+        method = "select" if device.type == "cuda" and not distributed and int(total) < 2**31 else "radix"
+    if method == "select":
+        return _kth_by_select(tensors, k)
     passes = digits or _DIGITS["cuda" if device.type == "cuda" else "cpu"]
     prefix, key, above, rest = None, 0, 0, k
     for shift, bits in passes:
@@ -125,7 +140,7 @@ def _tie_quota(tensors: Sequence[torch.Tensor], thr: Threshold, chunk: int, dist
 
 
 def topk_masks(tensors: Sequence[torch.Tensor], k: int, chunk: int = CHUNK, distributed: bool = False,
-               digits: Sequence[tuple[int, int]] | None = None) -> list[torch.Tensor]:
+               digits: Sequence[tuple[int, int]] | None = None, method: str = "auto") -> list[torch.Tensor]:
     """Bool masks (shaped like `tensors`) with exactly k ones at the k largest |values| (over every
     rank's tensors with `distributed`). Ties at the threshold go to the earliest positions."""
     total = torch.tensor([sum(t.numel() for t in tensors)], dtype=torch.int64, device=tensors[0].device)
@@ -135,7 +150,7 @@ def topk_masks(tensors: Sequence[torch.Tensor], k: int, chunk: int = CHUNK, dist
         return [torch.zeros_like(t, dtype=torch.bool) for t in tensors]
     if k >= int(total):
         return [torch.ones_like(t, dtype=torch.bool) for t in tensors]
-    thr = kth_largest(tensors, k, chunk, distributed, digits)
+    thr = kth_largest(tensors, k, chunk, distributed, digits, method)
     quota = _tie_quota(tensors, thr, chunk, distributed) if thr.ties_needed else [0] * len(tensors)
     masks = []
     for t, ties_left in zip(tensors, quota):
