@@ -24,18 +24,19 @@ import torch
 from _common import MODELS, RESULTS, model_path, stamp
 
 from surgery.data import read_text
-from surgery.data.windows import calib_windows, eval_windows, tokenize
+from surgery.data.windows import eval_windows, mixed_calib_windows, tokenize
 from surgery.evaluate import kl_divergence, perplexity, throughput
 from surgery.models.adapters import DecoderAdapter
 from surgery.prune import PruneConfig, SearchConfig, prune
 from surgery.prune.baselines import flap, wanda_sp
+from surgery.prune.units import dist_to_json
 from surgery.models import load_model
 
 SEQLEN = 256
 KL_WINDOWS = 64
 ABLATION_ITERATIONS = 2
 SEARCH = dict(search_samples=64, iterations=4, generations=12, offspring=16)
-SEARCH_FIELDS = ("generations", "offspring", "survivors", "stage_windows", "top_k", "prescreen")
+SEARCH_FIELDS = ("generations", "offspring", "survivors", "stage_windows", "top_k", "prescreen", "resample")
 
 
 def prune_config(sparsity: float, **kw) -> PruneConfig:
@@ -46,16 +47,18 @@ def prune_config(sparsity: float, **kw) -> PruneConfig:
 
 
 class Bench:
-    def __init__(self, out: Path, model: str = "shakespeare-lm", max_windows: int | None = None) -> None:
+    def __init__(self, out: Path, model: str = "shakespeare-lm", max_windows: int | None = None,
+                 calib: list[str] | None = None) -> None:
         self.out = out
         self.runs: dict = json.loads(out.read_text())["runs"] if out.exists() else {}
         _, calib_text, sets, _ = MODELS[model]
         self.model_name, self.max_windows = model, max_windows
+        self.calib_sources = calib or [calib_text]
         self.path = model_path(model)
         _, tok = load_model(self.path)
-        train = tokenize(tok, read_text(calib_text))
-        self.calib = calib_windows(train, 64, SEQLEN, seed=0)
-        self.search = calib_windows(train, 64, SEQLEN, seed=1)
+        train = [tokenize(tok, read_text(src)) for src in self.calib_sources]
+        self.calib = mixed_calib_windows(train, 64, SEQLEN, seed=0)
+        self.search = mixed_calib_windows(train, 64, SEQLEN, seed=1)
         self.sets = {k: eval_windows(tokenize(tok, read_text(v)), SEQLEN, max_windows) for k, v in sets.items()}
         self.dense = self.fresh()
         self.vocab = self.dense.config.vocab_size
@@ -73,7 +76,7 @@ class Bench:
     def record(self, key: str, row: dict) -> None:
         self.runs[key] = row
         self.out.write_text(json.dumps({**stamp(), "model": self.model_name, "max_windows": self.max_windows,
-                                        "runs": self.runs}, indent=2, default=str))
+                                        "calibration": self.calib_sources, "runs": self.runs}, indent=2, default=str))
         short = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()
                  if k not in ("per_layer", "iterations", "history")}
         print(f"{key}: {json.dumps(short, default=str)}", flush=True)
@@ -87,7 +90,7 @@ class Bench:
         seconds = time.time() - t
         row = self.evaluate(model)
         row["block_params"] = row["block_params"] - _removed(model, counts)
-        self.record(key, {**row, "seconds": seconds, "distribution": counts})
+        self.record(key, {**row, "seconds": seconds, "distribution": dist_to_json(counts)})
 
     def ours(self, key: str, sparsity: float, speed: bool = False, **kw) -> None:
         if key in self.runs:
@@ -164,6 +167,9 @@ def main() -> None:
     ap.add_argument("--sparsities", type=float, nargs="+", default=[0.25, 0.5])
     ap.add_argument("--max-windows", type=int, help="cap on evaluation windows per text")
     ap.add_argument("--no-ablations", action="store_true", help="skip the 50 % ablations")
+    ap.add_argument("--calib", nargs="+", help="calibration and fitness texts, drawn evenly (default: the model's)")
+    ap.add_argument("--fixed-windows", action="store_true",
+                    help="also run the search on fixed fitness windows (resample: false) at every sparsity")
     ap.add_argument("--out", help="results JSON (default: results/prune_<model>.json)")
     ap.add_argument("--torch-pruning", metavar="DIR",
                     help="folder holding torch-pruning (pip install --no-deps --target DIR torch-pruning==1.5.2)")
@@ -171,7 +177,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.manual_seed(0)
     default = "prune_shakespeare.json" if args.model == "shakespeare-lm" else f"prune_{args.model}.json"
-    b = Bench(Path(args.out or RESULTS / default), args.model, args.max_windows)
+    b = Bench(Path(args.out or RESULTS / default), args.model, args.max_windows, args.calib)
     if "dense" not in b.runs:
         b.record("dense", b.evaluate(b.dense))
     if not args.table_only:
@@ -180,6 +186,8 @@ def main() -> None:
             b.baseline(f"{s}/wanda-sp", wanda_sp, s)
             b.baseline(f"{s}/flap", flap, s)
             b.ours(f"{s}/search", s, speed=True)
+            if args.fixed_windows:
+                b.ours(f"{s}/search fixed windows", s, resample=False)
             if s == 0.5 and not args.no_ablations:  # ablations at 50 %; expectation accumulation is the uniform+solver run above
                 for mode in ("none", "centre"):
                     b.ours(f"ablation/accumulation={mode}", 0.5, start="uniform", iterations=0,
@@ -203,7 +211,8 @@ def report(b: Bench, sparsities: list[float]) -> str:
              "|---|---|---|---|---|---|---|",
              f"| 0 | dense | {d['ppl_test']:.2f} | {d['ppl_wikitext2']:.1f} | 0 | {d['block_params']:,} | – |"]
     for s in sorted(sparsities):
-        for m in ("uniform+solver", "wanda-sp", "flap", "torch-pruning units", "torch-pruning official", "search"):
+        for m in ("uniform+solver", "wanda-sp", "flap", "torch-pruning units", "torch-pruning official",
+                  "search fixed windows", "search"):
             r = b.runs.get(f"{s}/{m}")
             if r and "failed" in r:
                 lines.append(f"| {s} | {m} | {r['failed']} | | | | |")
@@ -225,13 +234,14 @@ def report(b: Bench, sparsities: list[float]) -> str:
                      f"| {k} | {r['ppl_test']:.2f} | {r['ppl_wikitext2']:.1f} | {r['kl_test']:.4f} |"
                      for k, r in acc.items()))
     full = b.runs.get("0.5/search")
-    if full:
-        rows = [("saliency start (full search)", full)]
-        rows += [(k, b.runs[f"ablation/{v}"]) for k, v in (("uniform start", "search-from-uniform"),
-                                                              ("saliency start + pre-screen 50 %",
-                                                               "search-saliency-prescreen"))
-                 if f"ablation/{v}" in b.runs]
-        text += ("\n\nSearch iterations (50 %): held-out perplexity in and out of domain and fitness (top-k KL "
+    rows = [(f"{s} {m}", b.runs[f"{s}/{m}"]) for s in sorted(sparsities) for m in ("search", "search fixed windows")
+            if f"{s}/{m}" in b.runs]
+    rows += [(f"0.5 {k}", b.runs[f"ablation/{v}"]) for k, v in (("uniform start", "search-from-uniform"),
+                                                                  ("saliency start + pre-screen 50 %",
+                                                                   "search-saliency-prescreen"))
+             if f"ablation/{v}" in b.runs]
+    if rows:
+        text += ("\n\nSearch iterations: held-out perplexity in and out of domain and fitness (top-k KL "
                  "on the search windows) after each iteration, cumulative wall time; the best iteration by fitness "
                  "is the one kept:\n\n| variant | iteration | ppl test | ppl WikiText-2 | fitness | s |\n"
                  "|---|---|---|---|---|---|\n")
@@ -242,12 +252,12 @@ def report(b: Bench, sparsities: list[float]) -> str:
                 wiki = f"{it['ppl_wikitext2']:.1f}" if "ppl_wikitext2" in it else "–"
                 text += (f"| {name} | {it['iteration']} | {it['ppl_test']:.2f} | {wiki} | {it['fitness']:.4f} | "
                          f"{total:.0f} |\n")
-        if "speed" in full:
-            sp = full["speed"]
-            text += (f"\nSliced 50 % model vs dense, same process: prefill {sp['ratio']['prefill_tok_s']:.2f}×, "
-                     f"decode {sp['ratio']['decode_tok_s']:.2f}× (goal ≥ 1.5×); dense "
-                     f"{sp['dense']['prefill_tok_s']:.0f} / {sp['dense']['decode_tok_s']:.0f} tok/s, sliced "
-                     f"{sp['sliced']['prefill_tok_s']:.0f} / {sp['sliced']['decode_tok_s']:.0f} tok/s.\n")
+    if full and "speed" in full:
+        sp = full["speed"]
+        text += (f"\nSliced 50 % model vs dense, same process: prefill {sp['ratio']['prefill_tok_s']:.2f}×, "
+                 f"decode {sp['ratio']['decode_tok_s']:.2f}× (goal ≥ 1.5×); dense "
+                 f"{sp['dense']['prefill_tok_s']:.0f} / {sp['dense']['decode_tok_s']:.0f} tok/s, sliced "
+                 f"{sp['sliced']['prefill_tok_s']:.0f} / {sp['sliced']['decode_tok_s']:.0f} tok/s.\n")
     return text
 
 

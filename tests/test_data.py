@@ -149,3 +149,33 @@ def test_tinystories_split_is_disjoint_and_in_order():
     assert len(t["train"]) > 4 * len(t["test"]) > 0
     assert not set(t["train"]) & set(t["test"])
     assert t["train"][0].startswith("Once upon a time")
+
+
+def test_mixed_calibration_draws_evenly_from_each_text_and_interleaves():
+    import torch
+
+    from surgery.data.windows import calib_windows, mixed_calib_windows
+
+    a, b = torch.arange(0, 500), torch.arange(1000, 1300)  # two texts with disjoint token ids
+    w = mixed_calib_windows([a, b], nsamples=9, seqlen=16, seed=3)
+    from_a = (w < 1000).all(dim=1)
+    assert w.shape == (9, 16) and int(from_a.sum()) == 5 and int((~from_a).sum()) == 4
+    assert not (from_a[:5].all() and not from_a[5:].any())  # interleaved, not 5 then 4
+    assert torch.equal(w, mixed_calib_windows([a, b], nsamples=9, seqlen=16, seed=3))  # seeded
+    assert torch.equal(mixed_calib_windows([a], 6, 16, seed=2), calib_windows(a, 6, 16, seed=2))
+
+
+def test_recipe_calibration_accepts_a_stated_mix_and_refuses_a_test_split_in_it(tmp_path):
+    from surgery.errors import SurgeryError
+    from surgery.recipe import parse
+
+    body = "calibration:\n  data: [embedded:train, {}]\n  nsamples: 8\nquant_stage:\n  quant_modifiers:\n    RTNModifier: {{}}\n"
+    ok = tmp_path / "ok.yaml"
+    ok.write_text(body.format("shakespeare:train"))
+    r = parse(ok)
+    assert r.calibration.sources == ["embedded:train", "shakespeare:train"]
+    assert "embedded:train + shakespeare:train (8 windows" in r.calibration.description
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(body.format("embedded:test"))
+    with pytest.raises(SurgeryError, match="'embedded:test' is a test split"):
+        parse(bad)

@@ -42,6 +42,21 @@ def calib_windows(ids: torch.Tensor, nsamples: int, seqlen: int, seed: int = 0) 
     return torch.stack([ids[s : s + seqlen] for s in starts])
 
 
+def mixed_calib_windows(id_lists: list[torch.Tensor], nsamples: int, seqlen: int, seed: int = 0) -> torch.Tensor:
+    """`nsamples` random windows drawn evenly from several texts (the first ones take the remainder),
+    interleaved by a seeded shuffle so every batch mixes them; one text is `calib_windows` exactly."""
+    require(len(id_lists) > 0, "no calibration text")
+    if len(id_lists) == 1:
+        return calib_windows(id_lists[0], nsamples, seqlen, seed)
+    m = len(id_lists)
+    counts = [nsamples // m + (1 if i < nsamples % m else 0) for i in range(m)]
+    parts = [calib_windows(ids, n, seqlen, seed + 1000 * i) for i, (ids, n) in enumerate(zip(id_lists, counts)) if n]
+    out = torch.cat(parts)
+    order = list(range(out.shape[0]))
+    random.Random(seed).shuffle(order)
+    return out[order]
+
+
 def batches(windows: torch.Tensor, batch_size: int) -> list[torch.Tensor]:
     """Split `[n, T]` windows into batches of at most `batch_size` rows."""
     require(batch_size > 0, f"batch size must be > 0, got {batch_size}")

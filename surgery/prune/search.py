@@ -58,6 +58,8 @@ class TopKFitness:
         rows = torch.tensor(sorted(i // self.world for i in chosen if i % self.world == self.rank), dtype=torch.long)
         sums = torch.zeros(2, dtype=torch.float64)  # Σ KL, tokens
         for part in rows.split(self.batch_size):
+            if part.numel() == 0:  # a fresh draw may leave this rank none of its windows
+                continue
             ids = None if self.ids is None else self.ids[part]
             kl = kl_terms(ids, self.logp[part], model(input_ids=self.windows[part]).logits[:, :-1])
             sums[0] += float(kl.double().sum())

@@ -26,7 +26,7 @@ import torch
 
 from surgery import dist
 from surgery.data.sources import read_text
-from surgery.data.windows import calib_windows, check_vocab, eval_windows, tokenize
+from surgery.data.windows import check_vocab, eval_windows, mixed_calib_windows, tokenize
 from surgery.errors import require
 from surgery.evaluate import compare
 from surgery.export.card import model_card, versions
@@ -67,6 +67,10 @@ class RunState:
         check_vocab(ids, self.net.get_input_embeddings().num_embeddings, source)
         return ids
 
+    def calib_windows(self, calib: Any, nsamples: int, seed: int) -> torch.Tensor:
+        """Windows of the calibration text(s), drawn evenly from each source."""
+        return mixed_calib_windows([self.ids(s) for s in calib.sources], nsamples, calib.seqlen, seed)
+
     @property
     def label(self) -> str:
         parts = []
@@ -83,13 +87,12 @@ def _prune(st: RunState, stage: Stage, recipe: Recipe) -> None:
     from surgery.prune import prune
 
     cfg, calib = stage.config, stage.calibration(recipe.calibration)
-    ids = st.ids(calib.data)
-    windows = calib_windows(ids, calib.nsamples, calib.seqlen, calib.seed)
-    search = calib_windows(ids, cfg.search_samples, calib.seqlen, calib.seed + 1)
+    windows = st.calib_windows(calib, calib.nsamples, calib.seed)
+    search = st.calib_windows(calib, cfg.search_samples, calib.seed + 1)
     st.net.to(st.device)  # the supernet and the search run the whole model
     smap = None
     if cfg.uses_saliency:
-        desc = f"{calib.data} ({calib.nsamples} windows of {calib.seqlen}, seed {calib.seed})"
+        desc = calib.description
         smap = st.shared.get(st.net, cfg.saliency_kind, windows, 1, desc, stage.name, progress=st.progress)
     result = prune(st.net, cfg, windows, search, saliency=smap, resume_dir=str(st.partial / stage.name),
                    progress=st.progress)
@@ -106,11 +109,11 @@ def _quant(st: RunState, stage: Stage, recipe: Recipe) -> None:
     cfg, calib = stage.config, stage.calibration(recipe.calibration)
     windows = None
     if cfg.method != "rtn":
-        windows = calib_windows(st.ids(calib.data), calib.nsamples, calib.seqlen, calib.seed)
+        windows = st.calib_windows(calib, calib.nsamples, calib.seed)
     fisher = None
     plan = fisher_windows(cfg, windows, calib.batch_size) if windows is not None else None
     if plan is not None:
-        desc = f"{calib.data} ({calib.nsamples} windows of {calib.seqlen}, seed {calib.seed})"
+        desc = calib.description
         st.net.to(st.device)  # the scorer needs the whole model (and its gradients) at once
         fisher = st.shared.get(st.net, "fisher", plan[0], plan[1], desc, stage.name, progress=st.progress)
     st.quant = quantize(st.net, cfg, calib=windows, fisher=fisher, batch_size=calib.batch_size,
@@ -189,7 +192,7 @@ def _data_line(recipe: Recipe, st: RunState) -> str:
         parts.append("forget set " + ", ".join(f"{k}={v}" for k, v in vars(d).items() if v is not None))
     if st.pruned is not None or st.quant is not None:
         c = recipe.calibration
-        parts.append(f"calibration {c.data} ({c.nsamples} × {c.seqlen} tokens, seed {c.seed})")
+        parts.append(f"calibration {' + '.join(c.sources)} ({c.nsamples} × {c.seqlen} tokens, seed {c.seed})")
     return "; ".join(parts) or "none"
 
 

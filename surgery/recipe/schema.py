@@ -40,26 +40,39 @@ SeqLen = Annotated[int, Strict(), Field(ge=2)]
 Fraction = Annotated[float, Strict(), Field(gt=0, lt=1)]
 
 
+Sources = Str | Annotated[list[Str], Field(min_length=1)]
+
+
 @config_class
 class Calibration:
-    """Calibration windows: `nsamples` random windows of `seqlen` tokens of `data`, batched."""
+    """Calibration windows: `nsamples` random windows of `seqlen` tokens of `data`, batched. `data`
+    may list several texts: the windows are drawn evenly from each (a stated domain mix)."""
 
-    data: Str = "embedded:train"
+    data: Sources = "embedded:train"
     nsamples: PosInt = 128
     seqlen: SeqLen = 256
     seed: Int = 0
     batch_size: PosInt = 8
 
     def __post_init__(self) -> None:
-        src = parse_source(self.data)
-        require(src.split != "test", f"calibration data {self.data!r} is a test split: calibrate on training text")
+        for name in self.sources:
+            src = parse_source(name)
+            require(src.split != "test", f"calibration data {name!r} is a test split: calibrate on training text")
+
+    @property
+    def sources(self) -> list[str]:
+        return [self.data] if isinstance(self.data, str) else list(self.data)
+
+    @property
+    def description(self) -> str:
+        return f"{' + '.join(self.sources)} ({self.nsamples} windows of {self.seqlen}, seed {self.seed})"
 
 
 @config_class
 class CalibrationPatch:
     """A stage's changes to the recipe's calibration (unset fields inherit)."""
 
-    data: Str | None = None
+    data: Sources | None = None
     nsamples: PosInt | None = None
     seqlen: SeqLen | None = None
     seed: Int | None = None
@@ -217,10 +230,10 @@ class Recipe:
 
     def sources(self) -> list[str]:
         """Every text source the recipe reads (checked before the first stage)."""
-        out = [self.calibration.data] if any(s.kind in ("quant", "prune") for s in self.stages) else []
+        out = list(self.calibration.sources) if any(s.kind in ("quant", "prune") for s in self.stages) else []
         for st in self.stages:
             if st.kind in ("quant", "prune"):
-                out.append(st.calibration(self.calibration).data)
+                out += st.calibration(self.calibration).sources
             elif st.kind == "eval":
                 out += st.spec.data + [t.split("@", 1)[1] for t in st.spec.tasks if t.startswith(("nextline@", "wordorder@"))]
             elif st.kind == "unlearn" and st.spec.data.forget is not None:

@@ -7,7 +7,8 @@ Kinds (g_b = gradient of the per-batch mean loss on batch b):
 - `taylor`   |w ⊙ Σ_b g_b| (first-order Taylor importance)
 
 For Σg kinds on fp32 parameters autograd itself accumulates into `.grad` (no extra work per
-batch); otherwise an fp32 accumulator is updated after each backward. Under torchrun, two layouts:
+batch); otherwise each parameter's gradient is folded into its fp32 accumulator by a hook the moment
+it is complete and freed there, so the peak holds the accumulators and not a full set of gradients. Under torchrun, two layouts:
 - replicated model (plain or DDP): whole batches are striped over ranks and the accumulators are
   summed once at the end;
 - FSDP2-sharded model (`fully_shard`): every rank takes its rows of every batch (loss weighted by
@@ -168,10 +169,14 @@ def score(
     saved = {n: (p.requires_grad, p.grad) for n, p in model.named_parameters()}
     acc = SaliencyAccumulator(kind, params, torch.device("cpu") if offload else None)
     samples = batches = 0
+    hooks = []
     try:
         for n, p in model.named_parameters():
             p.requires_grad_(n in params)
             p.grad = None
+        if not direct and not shards:  # fold each gradient in as soon as it is complete, then free it:
+            for n, p in params.items():  # peak = the accumulators, not accumulators + a full set of grads
+                hooks.append(p.register_post_accumulate_grad_hook(_folder(acc, n)))
         bar = tqdm(data, desc=f"saliency[{kind}]", disable=not progress or dist.rank() != 0,
                    leave=False, dynamic_ncols=True)
         for i, batch in enumerate(bar):
@@ -189,7 +194,7 @@ def score(
             if not torch.isfinite(value):
                 raise SurgeryError(f"loss is {float(value.detach())} on batch {i}; cannot score")
             (value * weight if weight != 1.0 else value).backward()  # weight 0: a rank without rows
-            if not direct:
+            if not direct and shards:  # FSDP2 hands over the reduced shard after backward
                 for n, p in params.items():
                     if p.grad is not None:
                         acc.add(n, local(p.grad))
@@ -212,12 +217,22 @@ def score(
         require(batches > 0, "empty data: no batch to score")
         scores = acc.finalize(params)
     finally:
+        for h in hooks:
+            h.remove()
         for n, p in model.named_parameters():
             rg, g = saved[n]
             p.requires_grad_(rg)
             p.grad = g
     return SaliencyMap(scores, kind=kind, loss=loss_name, data=_describe(data, description),
                        samples=samples, batches=batches, shards=shards)
+
+
+def _folder(acc: SaliencyAccumulator, name: str):
+    def fold(p: torch.Tensor) -> None:
+        acc.add(name, p.grad)
+        p.grad = None
+
+    return fold
 
 
 def _shards(params: dict[str, nn.Parameter]) -> dict[str, RowShard]:
