@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import tempfile
+import time
 
 import torch
 
@@ -49,8 +50,11 @@ def main() -> None:
     dense, tok = load_model(path)
     vocab = dense.config.vocab_size
     calib = calib_windows(tokenize(tok, read_text(MODELS[args.model][1])), 64, 256, seed=0)
+    t0 = time.time()
     dense32 = speeds(dense.eval(), vocab)
+    print(f"dense fp32 timed ({time.time() - t0:.0f} s)", flush=True)
     dense16 = speeds(load_model(path, dtype=torch.bfloat16)[0].eval(), vocab)
+    print(f"dense bf16 timed ({time.time() - t0:.0f} s)", flush=True)
     rows = {}
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.settings:
@@ -65,7 +69,7 @@ def main() -> None:
             if kernel.on_kernel:
                 row["speed"] = speeds(served.eval(), vocab)
             rows[name] = row
-            print(name, row["kernel"], flush=True)
+            print(name, row["kernel"], f"({time.time() - t0:.0f} s)", flush=True)
     dense32 = best(dense32, speeds(dense, vocab))  # dense on both sides of the quantized runs
     lines = ["| setting | kernel | " + " | ".join(f"{s} prefill | {s} decode" for s in dense32) + " |",
              "|---" * (2 + 2 * len(dense32)) + "|"]
