@@ -12,6 +12,9 @@ from typing import Any
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "scripts"))
+from memory import Peak  # noqa: E402  (the one peak sampler, shared with tests/test_memory.py)
+
 RESULTS = Path(__file__).resolve().parent / "results"
 # benchmark language models: model source, calibration text, evaluation texts, quantization group rule
 MODELS = {
@@ -55,33 +58,9 @@ def rss_mib() -> float:
         return int(f.read().split()[1]) * resource.getpagesize() / 2**20
 
 
-class PeakRSS:
+def PeakRSS() -> "Peak":
     """Peak resident memory above the level at entry, sampled every millisecond by a thread."""
-
-    def __enter__(self) -> "PeakRSS":
-        import threading
-
-        self.start = rss_mib()
-        self.peak = self.start
-        self._stop = threading.Event()
-
-        def sample() -> None:
-            while not self._stop.is_set():
-                self.peak = max(self.peak, rss_mib())
-                self._stop.wait(0.001)
-
-        self._thread = threading.Thread(target=sample, daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.peak = max(self.peak, rss_mib())
-
-    @property
-    def extra_mib(self) -> float:
-        return self.peak - self.start
+    return Peak(read=rss_mib, interval=0.001)
 
 
 def run_child(script: str, *args: str) -> dict[str, Any]:

@@ -100,7 +100,7 @@ class Bench:
         with tempfile.TemporaryDirectory() as tmp:  # the folder a user ships: weights + adapter + configs
             folder = export(model, result, f"{tmp}/q", tokenizer=self.tok)
             folder_bytes = size_on_disk(folder)
-        self.record(key, {**self.evaluate(model), "seconds": result.seconds, "peak_mib": mem.extra_mib,
+        self.record(key, {**self.evaluate(model), "seconds": result.seconds, "peak_mib": mem.extra,
                           "lora_params": result.lora_params(model), "label": result.label,
                           "folder_bytes": folder_bytes})
 

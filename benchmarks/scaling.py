@@ -29,10 +29,7 @@ from pathlib import Path
 
 import torch
 
-from _common import RESULTS, save
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "scripts"))
-from memory import Peak  # noqa: E402  (RssAnon sampler shared with tests/test_memory.py)
+from _common import RESULTS, Peak, save
 
 VOCAB = 8192
 SIZES = {  # hidden, layers, heads, kv heads, intermediate

@@ -51,7 +51,7 @@ def child(mode: str, name: str, nb: int, bs: int, seqlen: int) -> None:
     model, batches, _ = setup(name, nb, bs, seqlen)
     with PeakRSS() as mem:  # model and batches loaded; everything above is the mode's own
         run_mode(mode, model, batches)
-    print(json.dumps({"peak_extra_mib": mem.extra_mib}))
+    print(json.dumps({"peak_extra_mib": mem.extra}))
 
 
 def main() -> None:

@@ -40,7 +40,7 @@ def child(method: str, n: int, density: float) -> None:
     x = data(n)
     with PeakRSS() as mem:
         select(method, x, round(density * n))
-    print(json.dumps({"peak_extra_mib": mem.extra_mib}))
+    print(json.dumps({"peak_extra_mib": mem.extra}))
 
 
 def main() -> None:

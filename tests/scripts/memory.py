@@ -19,15 +19,21 @@ def anon_mib() -> float:
 
 
 class Peak:
+    """Peak of `read()` (MiB) above its level at entry, sampled by a thread every `interval` seconds.
+    Default: RssAnon; benchmarks/_common.py's PeakRSS samples the whole resident set."""
+
+    def __init__(self, read=anon_mib, interval: float = 0.002) -> None:
+        self.read, self.interval = read, interval
+
     def __enter__(self):
-        self.start = anon_mib()
+        self.start = self.read()
         self.peak = self.start
         self._stop = threading.Event()
 
         def sample():
             while not self._stop.is_set():
-                self.peak = max(self.peak, anon_mib())
-                self._stop.wait(0.002)
+                self.peak = max(self.peak, self.read())
+                self._stop.wait(self.interval)
 
         self._t = threading.Thread(target=sample, daemon=True)
         self._t.start()
@@ -36,7 +42,7 @@ class Peak:
     def __exit__(self, *a):
         self._stop.set()
         self._t.join()
-        self.peak = max(self.peak, anon_mib())
+        self.peak = max(self.peak, self.read())
 
     @property
     def extra(self) -> float:
