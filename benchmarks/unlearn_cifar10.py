@@ -1,7 +1,10 @@
 """SalUn's Table 1 layout on the CIFAR-10 reference ResNet: 10 % random forgetting and class-wise
 forgetting, Retrain / FT / RL / GA / ℓ1-sparse / SalUn, several seeds.
 
-The original model is `cifar10-resnet` (ResNet-8, all 50,000 training images). Retrain = the same
+The original model is `cifar10-resnet` (ResNet-8, all 50,000 training images), or with `--model
+cifar10-memo` the same network memorising a 5,000-image subset (no augmentation, 60 epochs), the
+regime of the paper's ResNet-18; `--lira-shadows K` adds an offline LiRA column (K shadow models
+trained like the target on halves of the subset + as many test images). Retrain = the same
 recipe from scratch on the retain set (the gold standard of each seed). UA, RA, TA, MIA-Efficacy
 (SVC on true-label confidence; shadow = first |test| retain samples vs the test set), RTE
 (wall-clock of the run, SalUn's mask pass included), Avg. Gap to that seed's Retrain. Results are
@@ -21,8 +24,11 @@ import torch
 
 from _common import RESULTS, stamp
 
-from surgery.data.images import cifar10
+import numpy as np
+
 from surgery.reference import get_spec, load_reference
+from surgery.reference.train_vision import vision_data
+from surgery.unlearn.lira import attack_roc, fit_shadows, lira_scores, model_confidences, shadow_confidences
 from surgery.unlearn import UnlearnConfig, unlearn
 from surgery.unlearn.metrics import GAP_METRICS, avg_gap, classifier_metrics
 from surgery.unlearn.splits import class_split, random_split
@@ -42,7 +48,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(allow_abbrev=False)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--modes", nargs="+", default=["random", "class"], choices=["random", "class"])
-    ap.add_argument("--out", default=str(RESULTS / "unlearn_cifar10.json"))
+    ap.add_argument("--model", default="cifar10-resnet", help="cifar10-resnet, or cifar10-memo (memorises its data)")
+    ap.add_argument("--lira-shadows", type=int, default=0, help="train this many shadow models for a LiRA column")
+    ap.add_argument("--out", help="default: results/unlearn_cifar10.json (results/unlearn_<model>.json)")
     ap.add_argument("--retrain-dir", help="Retrain models trained elsewhere (--retrain-only), loaded here")
     ap.add_argument("--retrain-only", action="store_true", help="only train the Retrain models (into --retrain-dir)")
     ap.add_argument("--device", default="cpu")
@@ -52,7 +60,8 @@ def main() -> None:
     if args.retrain_only:
         retrain_only(args)
         return
-    out = Path(args.out)
+    name = "unlearn_cifar10" if args.model == "cifar10-resnet" else f"unlearn_{args.model}"
+    out = Path(args.out or RESULTS / f"{name}.json")
     runs = json.loads(out.read_text())["runs"] if out.exists() else {}
     for other in args.merge:  # runs made in parallel processes (each wrote its own file)
         runs.update(json.loads(Path(other).read_text())["runs"])
@@ -63,8 +72,14 @@ def main() -> None:
         out.with_suffix(".md").write_text(text + "\n")
         print(text)
         return
-    train, test_all = cifar10("train"), cifar10("test")
-    spec = get_spec("cifar10-resnet")
+    spec = get_spec(args.model)
+    train, test_all = vision_data(spec, None)
+    lira = Lira(spec, train, test_all, args.lira_shadows, out.with_name(f"{name}_shadows.npz")) \
+        if args.lira_shadows else None
+
+    def measure(model, forget, retain, test, f, mode) -> dict:
+        row = classifier_metrics(model, forget, retain, test)
+        return {**row, **lira.attack(model, f, mode)} if lira else row
 
     def record(key: str, row: dict) -> None:
         runs[key] = row
@@ -76,34 +91,68 @@ def main() -> None:
             f, r, test = splits(mode, seed, train, test_all)
             forget, retain = train.subset(f), train.subset(r)
             if f"{mode}/{seed}/Original" not in runs:
-                model, _, _ = load_reference("cifar10-resnet", progress=False)
-                record(f"{mode}/{seed}/Original", {**classifier_metrics(model, forget, retain, test), "RTE": 0.0})
+                model, _, _ = load_reference(args.model, progress=False)
+                record(f"{mode}/{seed}/Original", {**measure(model, forget, retain, test, f, mode), "RTE": 0.0})
             for name, kw in METHODS.items():
                 key = f"{mode}/{seed}/{name}"
                 if key in runs:
                     continue
-                model, _, _ = load_reference("cifar10-resnet", progress=False)
-                res = unlearn(model, UnlearnConfig(**COMMON, **kw, seed=seed), forget, retain, progress=False)
-                record(key, {**classifier_metrics(model, forget, retain, test), "RTE": res.seconds})
+                model, _, _ = load_reference(args.model, progress=False)
+                res = unlearn(model, UnlearnConfig(**COMMON, **{**kw, "augment": spec.augment}, seed=seed), forget,
+                              retain, progress=False)
+                record(key, {**measure(model, forget, retain, test, f, mode), "RTE": res.seconds})
             key = f"{mode}/{seed}/Retrain"
             saved = Path(args.retrain_dir or "-") / f"{mode}_{seed}.safetensors"
             if key not in runs and saved.exists():
                 from safetensors.torch import load_file
 
-                model, _, _ = load_reference("cifar10-resnet", progress=False)
+                model, _, _ = load_reference(args.model, progress=False)
                 model.load_state_dict(load_file(str(saved)))
                 meta = json.loads(saved.with_suffix(".json").read_text())
-                record(key, {**classifier_metrics(model, forget, retain, test), "RTE": meta["seconds"],
+                record(key, {**measure(model, forget, retain, test, f, mode), "RTE": meta["seconds"],
                              "trained_on": meta["device"]})
             if key not in runs:
-                model, _, _ = load_reference("cifar10-resnet", progress=False)
+                model, _, _ = load_reference(args.model, progress=False)
                 res = unlearn(model, UnlearnConfig(method="retrain", epochs=spec.epochs, lr=spec.lr,
                                                    batch_size=spec.batch_size, weight_decay=spec.weight_decay,
                                                    augment=spec.augment, seed=seed), forget, retain,
                               progress=False)
-                record(key, {**classifier_metrics(model, forget, retain, test), "RTE": res.seconds})
+                record(key, {**measure(model, forget, retain, test, f, mode), "RTE": res.seconds})
 
     print(table(runs, args.modes, args.seeds))
+
+
+class Lira:
+    """Offline LiRA with shadows trained like the target on balanced halves of a pool = the training
+    images + as many test images (seeded); forget examples vs pooled test examples (of the forgotten
+    class in class-wise mode) under the model judged. φ of the shadows is cached in an .npz."""
+
+    def __init__(self, spec, train, test_all, shadows: int, cache: Path) -> None:
+        from surgery.data.images import ImageSet
+
+        pick = torch.randperm(len(test_all), generator=torch.Generator().manual_seed(1))[: len(train)]
+        self.test_idx = pick
+        self.pool = ImageSet(torch.cat([train.x, test_all.x[pick]]), torch.cat([train.y, test_all.y[pick]]),
+                             train.classes, train.scale, "lira pool")
+        self.n_train = len(train)
+        if cache.exists() and int(np.load(cache)["phi"].shape[0]) == shadows:
+            d = np.load(cache)
+            phi, inside = d["phi"], d["inside"]
+        else:
+            phi, inside = shadow_confidences({**spec.arch, "num_classes": len(train.classes)}, self.pool, shadows,
+                                             spec.epochs, spec.batch_size, spec.lr, spec.weight_decay, spec.augment,
+                                             seed=0, progress=True)
+            np.savez(cache, phi=phi, inside=inside)
+        self.stats = fit_shadows(phi, inside)
+
+    def attack(self, model, f: torch.Tensor, mode: str) -> dict:
+        phi = model_confidences(model, self.pool)
+        scores = lira_scores(phi, self.stats)
+        test_pos = np.arange(self.n_train, len(self.pool))
+        if mode == "class":
+            test_pos = test_pos[self.pool.y[test_pos].numpy() == FORGET_CLASS]
+        roc = attack_roc(scores[f.numpy()], scores[test_pos])
+        return {"LiRA_auc": 100 * roc["auc"], "LiRA_tpr1": 100 * roc["tpr@0.01"]}
 
 
 def splits(mode: str, seed: int, train, test_all):
@@ -120,12 +169,12 @@ def retrain_only(args: argparse.Namespace) -> None:
 
     folder = Path(args.retrain_dir)
     folder.mkdir(parents=True, exist_ok=True)
-    train, test_all = cifar10("train"), cifar10("test")
-    spec = get_spec("cifar10-resnet")
+    spec = get_spec(args.model)
+    train, test_all = vision_data(spec, None)
     for mode in args.modes:
         for seed in args.seeds:
             f, r, _ = splits(mode, seed, train, test_all)
-            model, _, _ = load_reference("cifar10-resnet", progress=False)
+            model, _, _ = load_reference(args.model, progress=False)
             model.to(args.device)
             res = unlearn(model, UnlearnConfig(method="retrain", epochs=spec.epochs, lr=spec.lr,
                                                batch_size=spec.batch_size, weight_decay=spec.weight_decay,
@@ -146,11 +195,13 @@ def _ms(values: list[float]) -> str:
 
 def table(runs: dict, modes: list[str], seeds: list[int]) -> str:
     text = []
+    lira = bool(runs) and all("LiRA_auc" in r for r in runs.values())
     for mode in modes:
         title = "10 % random forgetting" if mode == "random" else f"class-wise forgetting (class {FORGET_CLASS})"
         lines = [f"**{title}**, {len(seeds)} seeds, mean ± std (gap to Retrain in parentheses)", "",
-                 "| method | UA | MIA-Eff | RA | TA | Avg. Gap | Gap w/o MIA | RTE (s) | RTE / Retrain |",
-                 "|---|---|---|---|---|---|---|---|---|"]
+                 "| method | UA | MIA-Eff | RA | TA | Avg. Gap | Gap w/o MIA | RTE (s) | RTE / Retrain |" +
+                 (" LiRA AUC | LiRA TPR@1%FPR |" if lira else ""),
+                 "|---|---|---|---|---|---|---|---|---|" + ("---|---|" if lira else "")]
         for name in ("Retrain", "Original", *METHODS):
             pairs = [(runs[f"{mode}/{s}/{name}"], runs[f"{mode}/{s}/Retrain"]) for s in seeds
                      if f"{mode}/{s}/{name}" in runs and f"{mode}/{s}/Retrain" in runs]
@@ -166,10 +217,13 @@ def table(runs: dict, modes: list[str], seeds: list[int]) -> str:
             no_mia = [statistics.mean(abs(r[m] - q[m]) for m in GAP_METRICS if m != "MIA") for r, q in zip(rows, ret)]
             rte = [r["RTE"] for r in rows]
             ratio = statistics.mean(r["RTE"] / q["RTE"] for r, q in zip(rows, ret))
-            lines.append(f"| {name} | {' | '.join(cells)} | {_ms(gaps)} | {_ms(no_mia)} | {_ms(rte)} | {100 * ratio:.1f} % |")
+            extra = "".join(f" {_ms([r[k] for r in rows])} |" for k in ("LiRA_auc", "LiRA_tpr1")) if lira else ""
+            lines.append(f"| {name} | {' | '.join(cells)} | {_ms(gaps)} | {_ms(no_mia)} | {_ms(rte)} | {100 * ratio:.1f} % |"
+                         + extra)
         text.append("\n".join(lines))
     text.append("Gap w/o MIA: mean |method − Retrain| over UA, RA, TA only (ours, not the paper's; see "
-                "benchmarks/mia_stability.py for why).")
+                "benchmarks/mia_stability.py for why)." + (" LiRA: offline likelihood-ratio attack with shadow models "
+                "(forget examples vs held-out test examples; AUC 50 = indistinguishable), in %." if lira else ""))
     return "\n\n".join(text)
 
 

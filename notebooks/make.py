@@ -1,11 +1,11 @@
-"""Write (and optionally execute) the three walkthrough notebooks from the cell sources below.
+"""Write (and optionally execute) the four walkthrough notebooks from the cell sources below.
 
     python notebooks/make.py            # write the .ipynb files (no outputs)
     python notebooks/make.py --execute  # write and execute them in place (full settings)
 
 `SURGERY_NOTEBOOK_SMALL=1` makes every notebook pick small settings (what CI executes, see
 tests/test_notebooks.py); the committed outputs come from the full settings on the reference
-models. The CIFAR-10 notebook needs `SURGERY_DATA_DIR`.
+models. The CIFAR-10 notebook and the full settings of the DDPM one need `SURGERY_DATA_DIR`.
 """
 from __future__ import annotations
 
@@ -306,8 +306,117 @@ print(f"{type(back).__name__}: max |Δ logits| reload {diff:.2e}, sliced vs mask
 assert diff == 0 and masked < 1e-4"""),
 ]
 
+GENERATION = [
+    ("md", """\
+# Forgetting a digit in a diffusion model with SalUn
+
+SalUn's second half ([Fan et al., 2024](https://arxiv.org/abs/2310.12508), §5): a class-conditional
+DDPM must stop drawing one class when asked for it, and keep drawing the others. The objective is
+the random-label analogue — for images of the forgotten class, the noise the model predicts *given
+that class* is pulled towards what it predicts given another class — plus the ordinary diffusion
+loss on the retained classes. SalUn lets only the salient weights move: the top half of
+|∇ diffusion loss| on the forgotten class, from the same scorer as everywhere in `surgery`.
+
+The model is a diffusers `UNet2DModel` trained here on MNIST at 16×16 px (`mnist-ddpm`), judged by a
+classifier of real 16-px MNIST (`mnist16-cnn`): **UA** = share of images generated for the
+forgotten digit that the judge does *not* call that digit."""),
+    ("code", SETUP + """
+
+import copy
+
+from surgery.data.images import load_images
+from surgery.evaluate.generation import generation_metrics
+from surgery.reference import load_reference
+from surgery.unlearn import UnlearnConfig, saliency_mask, unlearn
+from surgery.unlearn.splits import class_split
+
+FORGET_CLASS = 0
+# full: MNIST at 16 px; small (CI): scikit-learn's 8×8 digits and a briefly trained DDPM
+DDPM, JUDGE, DATA = ("digits-ddpm", "digits-mlp", "digits") if SMALL else ("mnist-ddpm", "mnist16-cnn", "mnist")
+model, _, path = load_reference(DDPM, progress=False)
+judge, _, _ = load_reference(JUDGE, progress=False)
+size = model.config.sample_size
+train, test = load_images(DATA, "train", None, size), load_images(DATA, "test", None, size)
+f, r = class_split(train, FORGET_CLASS)
+forget, retain = train.subset(f), train.subset(r)
+N_FORGET, PER_CLASS, STEPS = (50, 10, 10) if SMALL else (250, 50, 25)
+judged = lambda m: generation_metrics(m, judge, FORGET_CLASS, test, N_FORGET, PER_CLASS, STEPS, 2.0, seed=0)
+before = judged(model)
+print(f"{path.name}: {sum(p.numel() for p in model.parameters()):,} weights; forget {len(forget)} images of "
+      f"digit {FORGET_CLASS}, retain {len(retain)}")
+before.summary()"""),
+    ("md", """\
+## The saliency mask
+
+The mask is the top 50 % (global) of |Σ ∇ ‖ε − ε_θ(x_t | 0)‖²| over noised images of the digit 0."""),
+    ("code", """\
+cfg = UnlearnConfig(method="salun", density=0.5, steps=20 if SMALL else 200, lr=1e-3, batch_size=64,
+                    optimizer="adamw", weight_decay=0.0, alpha=1.0)
+mask = saliency_mask(model, forget, cfg)
+dens = mask.densities()
+names = [n for n in dens if n.endswith("weight")]
+fig, ax = plt.subplots(figsize=(10, 3))
+ax.bar(range(len(names)), [dens[n] for n in names])
+ax.set_xticks(range(len(names)), [n.replace(".weight", "") for n in names], rotation=90, fontsize=5)
+ax.axhline(mask.density, color="k", lw=0.8, ls="--", label=f"global density {mask.density:.2f}")
+ax.set_ylabel("share in the mask"); ax.legend(); ax.set_title("SalUn mask density per tensor (UNet)")
+plt.tight_layout(); plt.show()"""),
+    ("md", "## SalUn against the same objective without the mask (RL), on copies of the model"),
+    ("code", """\
+import dataclasses
+
+reports, models = {"original": before}, {}
+for name, c in (("RL (no mask)", dataclasses.replace(cfg, method="rl")), ("SalUn", cfg)):
+    m = copy.deepcopy(model)
+    res = unlearn(m, c, forget, retain, mask=mask if c.masked else None, progress=False)
+    reports[name], models[name] = judged(m), m
+    print(f"{name}: {res.seconds:.1f} s")
+
+# frozen means frozen: every weight outside the mask is bit-identical after SalUn
+old = dict(model.named_parameters())
+outside = sum(int(((p != old[n]) & ~mask[n]).sum()) for n, p in models["SalUn"].named_parameters())
+print(f"weights changed outside the mask: {outside}")
+assert outside == 0
+print("| model | UA % | retained-class accuracy % | judge-feature FID |\\n|---|---|---|---|")
+for name, rep in reports.items():
+    print(f"| {name} | {rep.UA:.1f} | {rep.retain_acc:.1f} | {rep.feature_fid:.2f} |")"""),
+    ("code", """\
+rows = [("original: digit 0", before.forget_images)]
+rows += [(f"{n}: digit 0", rep.forget_images) for n, rep in reports.items() if n != "original"]
+rows += [("SalUn: retained digits", reports["SalUn"].retain_images[:, 0])]
+fig, axes = plt.subplots(len(rows), 1, figsize=(8, 1.1 * len(rows)))
+for ax, (title, imgs) in zip(axes, rows):
+    strip = torch.cat(list(imgs[:, 0]), dim=1)
+    ax.imshow(strip, cmap="gray", vmin=0, vmax=1); ax.set_axis_off(); ax.set_title(title, fontsize=8, loc="left")
+plt.tight_layout(); plt.show()"""),
+    ("md", """\
+## The unlearned model is a plain diffusers folder
+
+`surgery.models.save_model` writes the UNet and its noise schedule; diffusers loads them without
+`surgery` (this is what a recipe's output folder holds, with the mask and `samples.png` beside it)."""),
+    ("code", """\
+import tempfile
+
+from diffusers import DDPMScheduler, UNet2DModel
+
+from surgery.models import save_model
+
+with tempfile.TemporaryDirectory() as tmp:
+    save_model(models["SalUn"], f"{tmp}/salun")
+    back, sched = UNet2DModel.from_pretrained(f"{tmp}/salun"), DDPMScheduler.from_pretrained(f"{tmp}/salun")
+x, t, c = torch.randn(4, 1, size, size), torch.tensor([10, 200, 500, 900]), torch.tensor([0, 1, 2, 10])
+with torch.no_grad():
+    diff = (back(x, t, class_labels=c).sample - models["SalUn"](x, t, class_labels=c).sample).abs().max().item()
+print(f"reloaded with plain diffusers: max |Δε| = {diff:.1e}; schedule {sched.config.num_train_timesteps} steps")
+assert diff == 0"""),
+    ("md", """\
+What to look for: UA close to 100 % (the digit 0 is no longer drawn when asked for) with retained-class
+accuracy and the judge-feature FID close to the original's. The numbers over three seeds, with
+Retrain, FT and ESD, are in BENCHMARKS.md (`benchmarks/unlearn_generation.py`)."""),
+]
+
 NOTEBOOKS = {"unlearn_cifar10_class.ipynb": UNLEARN, "quantize_2bit.ipynb": QUANT,
-             "prune_50.ipynb": PRUNE}
+             "prune_50.ipynb": PRUNE, "unlearn_ddpm_mnist.ipynb": GENERATION}
 
 
 def build(cells: list[tuple[str, str]]) -> nbformat.NotebookNode:

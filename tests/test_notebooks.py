@@ -1,4 +1,4 @@
-"""The three walkthrough notebooks execute without error on their small settings (nbclient).
+"""The four walkthrough notebooks execute without error on their small settings (nbclient).
 
 Each runs in a fresh kernel with `SURGERY_NOTEBOOK_SMALL=1`; the cells themselves assert what they
 show (frozen weights outside the SalUn mask, reload equals the exported model, sliced == masked).
@@ -48,3 +48,7 @@ def test_lm_notebooks_execute(small, name, plots):
 @requires_data()
 def test_cifar_unlearning_notebook_executes(small):
     assert images(run("unlearn_cifar10_class.ipynb", small)) >= 2
+
+
+def test_ddpm_unlearning_notebook_executes(small):
+    assert images(run("unlearn_ddpm_mnist.ipynb", small)) >= 2

@@ -119,10 +119,14 @@ def model_config(args: argparse.Namespace) -> tuple[Path, dict[str, Any]]:
 
 def check_inputs(args: argparse.Namespace, cfg: dict[str, Any], text: bool, images: bool = False) -> None:
     """What can be checked from the config and the arguments alone, before weights load."""
-    is_vision = "surgery_arch" in cfg
+    diffusion = cfg.get("_class_name") == "UNet2DModel"
+    require(not diffusion or args.command == "score",
+            f"{model_source(args)} is a diffusion model: `surgery {args.command}` measures classifiers and language "
+            "models; judge a generator with an unlearn_stage `judge:` (surgery run) or surgery.evaluate.generation")
+    is_vision = "surgery_arch" in cfg or diffusion
     if getattr(args, "images", None):
-        require(is_vision, f"--images needs an image classifier; {model_source(args)} is a "
-                f"{cfg.get('model_type', 'language')} model (use --data)")
+        require(is_vision, f"--images needs an image classifier or a class-conditional diffusion model; "
+                f"{model_source(args)} is a {cfg.get('model_type', 'language')} model (use --data)")
         if args.images in ("cifar10", "mnist"):
             from surgery.data.text import data_dir
 
@@ -130,7 +134,8 @@ def check_inputs(args: argparse.Namespace, cfg: dict[str, Any], text: bool, imag
         device_of(args)
         return
     if text:
-        require(not is_vision, f"{model_source(args)} is an image classifier: use --images, not --data")
+        require(not is_vision, f"{model_source(args)} is an image {'generator' if diffusion else 'classifier'}: "
+                "use --images, not --data")
         sources = args.data if isinstance(args.data, list) else [args.data]
         require(bool(sources) and sources[0] is not None, "--data is required for a language model")
         check_seqlen(cfg, args.seqlen)
@@ -174,16 +179,24 @@ def text_windows(args: argparse.Namespace, tokenizer: Any, source: str | None = 
     return eval_windows(ids, args.seqlen, args.max_windows)
 
 
-def image_batches(args: argparse.Namespace) -> list[tuple[torch.Tensor, torch.Tensor]]:
+def image_batches(args: argparse.Namespace, model: torch.nn.Module | None = None) -> list[Any]:
+    """Classification batches `(x, y)`; for a class-conditional diffusion model, seeded noised
+    batches of the images at the model's size (the diffusion loss reads them)."""
     import torch
 
     from surgery.data.images import load_images
+    from surgery.diffusion.model import image_shape, is_diffusion
 
-    data = load_images(args.images, args.image_split, args.data_dir)
+    diffusion = model is not None and is_diffusion(model)
+    data = load_images(args.images, args.image_split, args.data_dir, image_shape(model)[-1] if diffusion else 0)
     if args.classes:
         for c in args.classes:
             require(0 <= c < len(data.classes), f"class {c} does not exist in {args.images} "
                     f"(classes 0..{len(data.classes) - 1})")
         data = data.subset(torch.nonzero(torch.isin(data.y, torch.tensor(args.classes))).flatten())
     require(len(data) > 0, "empty data: no image selected")
+    if diffusion:
+        from surgery.unlearn.generation import noised_batches
+
+        return list(noised_batches(data, args.batch_size, args.seed, model))
     return list(data.loader(args.batch_size))

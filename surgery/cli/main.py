@@ -32,8 +32,10 @@ def cmd_score(args: argparse.Namespace) -> None:
     common.require(not args.fsdp or dist.is_distributed(), "--fsdp shards over several processes: launch with torchrun")
     model, tok, _ = common.get_model(args)
     if args.images:
-        batches = common.image_batches(args)
-        loss = args.loss or "neg_ce"
+        from surgery.diffusion.model import is_diffusion
+
+        batches = common.image_batches(args, model)
+        loss = args.loss or ("diffusion" if is_diffusion(model) else "neg_ce")
         desc = f"{args.images}/{args.image_split} classes={args.classes or 'all'}"
     else:
         windows = common.text_windows(args, tok, vocab_size=model.get_input_embeddings().num_embeddings)
@@ -190,7 +192,8 @@ def parser() -> argparse.ArgumentParser:
     common.add_text_args(s)
     common.add_image_args(s)
     s.add_argument("--kind", default="abs_grad", choices=["grad", "abs_grad", "fisher", "taylor"])
-    s.add_argument("--loss", choices=["causal_lm", "neg_causal_lm", "ce", "neg_ce"])
+    s.add_argument("--loss", choices=["causal_lm", "neg_causal_lm", "ce", "neg_ce", "diffusion"],
+                   help="default: causal_lm (text), neg_ce (images), diffusion (a class-conditional UNet)")
     s.add_argument("--include", nargs="*", help="parameter-name regexes to score")
     s.add_argument("--exclude", nargs="*", help="parameter-name regexes to skip")
     s.add_argument("--out", required=True, help="saliency map (.safetensors)")

@@ -14,7 +14,7 @@ import yaml
 from surgery.export.folders import has_adapter
 
 PACKAGES = ("torch", "transformers", "accelerate", "datasets", "safetensors", "compressed-tensors", "peft",
-            "surgery")
+            "diffusers", "surgery")
 
 
 def versions() -> dict[str, str | None]:
@@ -36,6 +36,9 @@ def versions() -> dict[str, str | None]:
 def loading_code(folder: Path) -> str:
     """Python that loads the folder as it is meant to be used (`path` = the folder)."""
     cfg = json.loads((folder / "config.json").read_text())
+    if cfg.get("_class_name") == "UNet2DModel":
+        return ("from diffusers import DDPMScheduler, UNet2DModel\nmodel = UNet2DModel.from_pretrained(path)\n"
+                "scheduler = DDPMScheduler.from_pretrained(path)  # class labels: 0..n-1, n = unconditional\n")
     if "surgery_arch" in cfg:
         return "from surgery.models import load_model\nmodel, _ = load_model(path)\n"
     remote = "auto_map" in cfg
@@ -77,8 +80,9 @@ def model_card(folder: Path, base_model: str, relation: str, tags: list[str], me
                table: str, recipe_text: str | None = None, quant: dict[str, Any] | None = None,
                name: str | None = None) -> str:
     """The card of the model in `folder` (`name`: how the user calls the folder)."""
-    front = {"base_model": base_model, "base_model_relation": relation, "library_name": "transformers",
-             "tags": ["surgery", *tags]}
+    diffusers = json.loads((folder / "config.json").read_text()).get("_class_name") == "UNet2DModel"
+    front = {"base_model": base_model, "base_model_relation": relation,
+             "library_name": "diffusers" if diffusers else "transformers", "tags": ["surgery", *tags]}
     notes = "".join(f"- {n}\n" for n in _notes(folder, quant))
     code = f'path = "{name or folder.name}"  # this folder\n' + loading_code(folder)
     recipe = f"\n## Recipe\n\n```yaml\n{recipe_text}```\n" if recipe_text else ""

@@ -50,7 +50,7 @@ def read_config(path: str | os.PathLike) -> dict[str, Any]:
 
 def check_model_type(cfg: dict[str, Any], folder: Path) -> None:
     """Refuse a config that is neither a supported decoder nor one of our vision classifiers."""
-    if VISION_KEY in cfg:
+    if VISION_KEY in cfg or cfg.get("_class_name") == "UNet2DModel":
         return
     mtype = cfg.get("model_type")
     if base_type(mtype) not in SUPPORTED:

@@ -58,6 +58,10 @@ def load_model(path: str | os.PathLike, dtype: torch.dtype | None = None,
     """(model, tokenizer or None) from a folder written by `save_model` or `save_pretrained`."""
     folder = Path(path)
     cfg = read_config(folder)
+    if cfg.get("_class_name") == "UNet2DModel":
+        from surgery.diffusion.model import load_diffusion
+
+        return load_diffusion(folder, device, dtype), None
     if VISION_KEY in cfg:
         model = _load_vision(folder, cfg)
         if dtype is not None:
@@ -99,6 +103,11 @@ def save_model(model: nn.Module, path: str | os.PathLike, tokenizer: Any = None,
 
 def write_model(model: nn.Module, folder: Path, tokenizer: Any = None) -> None:
     """The model's files into an existing (temporary) folder."""
+    from surgery.diffusion.model import is_diffusion, write_diffusion
+
+    if is_diffusion(model):
+        write_diffusion(model, folder)
+        return
     if hasattr(model, "save_pretrained"):
         model.save_pretrained(str(folder))
         if tokenizer is not None:

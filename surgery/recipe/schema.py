@@ -28,7 +28,7 @@ from typing import Annotated, Any, ClassVar, Literal
 import yaml
 from pydantic import Field, Strict, ValidationError
 
-from surgery.config import Bool, Int, PosInt, Str, config_class, describe, to_dict, validate
+from surgery.config import Bool, Int, NonNegFloat, PosInt, Str, config_class, describe, to_dict, validate
 from surgery.data.sources import parse_source
 from surgery.errors import SurgeryError, require
 from surgery.prune.config import PruneConfig
@@ -131,7 +131,13 @@ class PruneStage:
 @config_class
 class UnlearnData:
     """What to forget: an image class or a random share (`images`), or a text (`forget`, with a
-    `retain` text) for a language model."""
+    `retain` text) for a language model.
+
+    For a class-conditional diffusion model (`forget_class` only; images resized to the model's
+    size): `judge` names the classifier of real images that scores generated ones (a reference
+    name or a folder; without one, only held-out diffusion losses are reported), with
+    `samples_per_class` images per class (5× that for the forgotten class), `sampling_steps` DDIM
+    steps and classifier-free `guidance`."""
 
     images: Literal["cifar10", "mnist", "digits"] | None = None
     forget_class: Annotated[int, Strict(), Field(ge=0)] | None = None
@@ -142,6 +148,10 @@ class UnlearnData:
     seqlen: SeqLen = 256
     max_windows: PosInt | None = None
     retain_per_forget: PosInt = 1
+    judge: Str | None = None
+    samples_per_class: PosInt = 100
+    sampling_steps: PosInt = 50
+    guidance: NonNegFloat = 2.0
 
     def __post_init__(self) -> None:
         if self.images is not None:
@@ -242,6 +252,15 @@ class Recipe:
 
     def check_model(self, cfg: dict[str, Any]) -> None:
         """What a model's config.json alone says about this recipe: stage kinds and window lengths."""
+        if cfg.get("_class_name") == "UNet2DModel":
+            require(cfg.get("num_class_embeds") is not None,
+                    f"{self.path}: the UNet has no class conditioning (num_class_embeds); surgery unlearns a class "
+                    "from class-conditional diffusion models only")
+            for st in self.stages:
+                require(st.kind == "unlearn" and st.spec.data.forget_class is not None,
+                        f"{self.path}: {st.name}: a diffusion model takes an unlearn_stage with images and "
+                        "forget_class only")
+            return
         vision = "surgery_arch" in cfg
         for st in self.stages:
             images = st.kind == "unlearn" and st.spec.data.images is not None
@@ -263,6 +282,14 @@ class Recipe:
         for src in self.sources():
             parse_source(src).check(data_dir)
         for st in self.stages:
+            judge = st.spec.data.judge if st.kind == "unlearn" else None
+            if judge:
+                from pathlib import Path
+
+                from surgery.reference.specs import REFERENCES
+
+                require(judge in REFERENCES or (Path(judge) / "config.json").is_file(),
+                        f"{self.path}: judge {judge!r} is neither a reference model nor a model folder")
             if st.kind == "unlearn" and st.spec.data.images in ("cifar10", "mnist"):
                 from surgery.data.text import data_dir as find
 

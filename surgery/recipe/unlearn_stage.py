@@ -26,6 +26,12 @@ def run(net: nn.Module, tok: Any, stage: Stage, text: Callable[[str], str], data
     cfg, d = stage.config, stage.spec.data
     writers: list[Writer] = []
     windows: dict[str, int] | None = None  # language models: how many forget / retain windows
+    from surgery.diffusion.model import is_diffusion
+
+    if is_diffusion(net):
+        from surgery.recipe.generation_stage import run as run_generation
+
+        return run_generation(net, stage, data_dir, progress)
     if d.images is not None:
         train = load_images(d.images, "train", data_dir)
         test = load_images(d.images, "test", data_dir)

@@ -5,6 +5,6 @@ __getattr__, __dir__ = lazy(
     __name__,
     builder="build cache_root info load_reference reference_path",
     resolve="resolve_model",
-    specs="LMSpec REFERENCES VisionSpec get_spec spec_hash",
+    specs="DiffusionSpec LMSpec REFERENCES VisionSpec get_spec spec_hash",
 )
 __all__ = __dir__()

@@ -18,7 +18,7 @@ import torch
 from surgery import dist
 from surgery.io import atomic_dir
 from surgery.models.io import load_model, write_model
-from surgery.reference.specs import LMSpec, get_spec, spec_hash
+from surgery.reference.specs import DiffusionSpec, LMSpec, get_spec, spec_hash
 
 CACHE_ENV = "SURGERY_CACHE_DIR"
 INFO = "reference.json"
@@ -50,6 +50,12 @@ def build(name: str, data_dir: str | os.PathLike | None = None, force: bool = Fa
                 model, tokenizer, info = train_lm(spec, data_dir, work, progress)
                 model.save_pretrained(str(tmp))
                 tokenizer.save_pretrained(str(tmp))
+            elif isinstance(spec, DiffusionSpec):
+                from surgery.diffusion.model import write_diffusion
+                from surgery.reference.train_diffusion import train_diffusion
+
+                model, info = train_diffusion(spec, data_dir, progress)
+                write_diffusion(model, tmp)
             else:
                 from surgery.reference.train_vision import train_vision
 

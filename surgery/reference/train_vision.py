@@ -12,19 +12,23 @@ from surgery.data.images import ImageSet, load_images
 from surgery.errors import require
 from surgery.evaluate.vision import accuracy
 from surgery.models.vision import build_vision
-from surgery.reference.specs import VisionSpec
+from surgery.reference.specs import DiffusionSpec, VisionSpec
 from surgery.train import fit
 
 
-def vision_data(spec: VisionSpec, root: str | os.PathLike | None) -> tuple[ImageSet, ImageSet]:
-    """(train, test) as the spec defines them: excluded classes / indices removed."""
-    train = load_images(spec.dataset, "train", root)
-    test = load_images(spec.dataset, "test", root)
+def vision_data(spec: VisionSpec | DiffusionSpec, root: str | os.PathLike | None) -> tuple[ImageSet, ImageSet]:
+    """(train, test) as the spec defines them: the fixed subset (if any), then excluded classes /
+    indices (into that subset) removed."""
+    train = load_images(spec.dataset, "train", root, spec.image_size)
+    test = load_images(spec.dataset, "test", root, spec.image_size)
+    if getattr(spec, "train_subset", 0):
+        require(spec.train_subset <= len(train), f"train_subset {spec.train_subset} exceeds {len(train)} images")
+        train = train.subset(torch.randperm(len(train), generator=torch.Generator().manual_seed(0))[: spec.train_subset])
     keep = torch.ones(len(train), dtype=torch.bool)
     for c in spec.exclude_classes:
         require(0 <= c < len(train.classes), f"class {c} does not exist in {spec.dataset}")
         keep &= train.y != c
-    if spec.exclude_index_file:
+    if getattr(spec, "exclude_index_file", ""):
         drop = torch.from_numpy(np.load(spec.exclude_index_file).astype(np.int64))
         keep[drop] = False
     if not bool(keep.all()):

@@ -9,7 +9,8 @@ from surgery.config import Bool, Int, NonNegFloat, NonNegInt, PosFloat, PosInt, 
 
 CLS_METHODS = ("salun", "rl", "ga", "ft", "l1_sparse", "retrain")
 LM_METHODS = ("graddiff", "npo", "ga")
-METHODS = tuple(dict.fromkeys(CLS_METHODS + LM_METHODS))
+GEN_METHODS = ("salun", "rl", "ga", "ft", "esd", "retrain")
+METHODS = tuple(dict.fromkeys(CLS_METHODS + LM_METHODS + GEN_METHODS))
 MASKED_BY_DEFAULT = ("salun",)
 
 
@@ -20,7 +21,8 @@ class UnlearnConfig:
     Attributes:
         method: `salun` (Random Label with the saliency mask), `rl`, `ga`, `ft`, `l1_sparse`,
             `retrain` (from scratch on the retain set) for classifiers; `graddiff`, `npo`, `ga`
-            for causal LMs.
+            for causal LMs; `salun`, `rl`, `ga`, `ft`, `esd`, `retrain` for class-conditional
+            diffusion models (see `surgery.unlearn.generation`).
         use_mask: restrict updates to the saliency mask (default: only for `salun`); any method
             can be masked.
         density / scope / include / exclude: the mask — the top `density` of |Σ∇ forget loss|,
@@ -34,10 +36,13 @@ class UnlearnConfig:
         augment: train-time augmentation (random crop + flip) on image batches.
         freeze_bn_stats: keep BatchNorm layers in eval mode (running statistics are buffers, not
             weights: a mask cannot freeze them, so this is the way to keep them too).
+        steps: optimizer steps of the diffusion methods (each: one forget and one retain batch);
+            0 = `epochs` passes over the forget set.
+        negative_guidance: ESD's η (the `esd` target is ε₀(∅) − η·(ε₀(c) − ε₀(∅))).
         seed: batch order and random labels.
     """
 
-    method: Literal["salun", "rl", "ga", "ft", "l1_sparse", "retrain", "graddiff", "npo"] = "salun"
+    method: Literal["salun", "rl", "ga", "ft", "l1_sparse", "retrain", "graddiff", "npo", "esd"] = "salun"
     use_mask: Bool | None = None
     density: Annotated[float, Strict(), Field(gt=0, le=1)] = 0.5
     scope: Literal["global", "tensor"] = "global"
@@ -55,6 +60,8 @@ class UnlearnConfig:
     beta: PosFloat = 0.1
     augment: Bool = False
     freeze_bn_stats: Bool = False
+    steps: NonNegInt = 0
+    negative_guidance: PosFloat = 1.0
     seed: Int = 0
 
     @property

@@ -30,7 +30,7 @@ from surgery.saliency import MaskSet, score
 from surgery.shards import is_dtensor
 from surgery.unlearn import losses
 from surgery.unlearn.config import CLS_METHODS, LM_METHODS, UnlearnConfig
-from surgery.unlearn.masked import DenseOptimizer, MaskedOptimizer, factory
+from surgery.unlearn.masked import DenseOptimizer, MaskedOptimizer, factory, release
 
 
 @dataclass
@@ -45,6 +45,12 @@ class UnlearnResult:
 
 def saliency_mask(model: nn.Module, forget: Any, cfg: UnlearnConfig, progress: bool = False) -> MaskSet:
     """SalUn's mask: top `density` of |Σ∇(forget loss)| on the forget set, model in eval mode."""
+    from surgery.diffusion.model import is_diffusion
+
+    if is_diffusion(model):
+        from surgery.unlearn.generation import diffusion_saliency_mask
+
+        return diffusion_saliency_mask(model, forget, cfg, progress)
     was = model.training
     model.eval()
     try:
@@ -175,6 +181,12 @@ def unlearn(model: nn.Module, config: UnlearnConfig, forget: Any, retain: Any = 
     trained on `retain`). Returns the mask used, the run time (RTE) and the loss history."""
     cfg = config
     model = dist.unwrap(model)
+    from surgery.diffusion.model import is_diffusion
+
+    if is_diffusion(model):
+        from surgery.unlearn.generation import unlearn_class
+
+        return unlearn_class(model, cfg, forget, retain, mask, progress)
     lm = is_language_model(model)
     if lm:
         require(cfg.method in LM_METHODS, f"method {cfg.method!r} is for classifiers; LM methods: {LM_METHODS}")
@@ -187,15 +199,8 @@ def unlearn(model: nn.Module, config: UnlearnConfig, forget: Any, retain: Any = 
     t0 = time.time()
     if cfg.method == "retrain":
         return _retrain(model, cfg, retain, t0, progress)
-    mask_seconds = 0.0
-    if cfg.masked:
-        if mask is None:
-            mask = saliency_mask(model, forget, cfg, progress)
-            mask_seconds = time.time() - t0
-        mask.check_model(model)
+    opt, mask, mask_seconds = optimizer_over_mask(model, cfg, forget, mask, t0, progress)
     reference = reference_logprobs(model, forget, cfg.batch_size) if cfg.method == "npo" else None
-    make = factory(cfg.optimizer, cfg.lr, cfg.momentum, cfg.weight_decay)
-    opt = MaskedOptimizer(model, mask, make) if cfg.masked else DenseOptimizer(model, make)
     net = _data_parallel(model)  # after the optimizer fixed which parameters train
     gen = torch.Generator().manual_seed(cfg.seed)
     num_classes = None if lm else int(model(forget.floats(slice(0, 1)).to(_device(model))).shape[-1])
@@ -211,11 +216,22 @@ def unlearn(model: nn.Module, config: UnlearnConfig, forget: Any, retain: Any = 
                 logs = _classifier_epoch(net, opt, cfg, forget, retain, epoch, gen, num_classes)
             history.append({"epoch": epoch + 1, **logs})
     finally:
-        model.eval()
-        for p in model.parameters():
-            p.requires_grad_(True)
-            p.grad = None
+        release(model)
     return UnlearnResult(cfg, mask, time.time() - t0, mask_seconds, opt.trainable, history)
+
+
+def optimizer_over_mask(model: nn.Module, cfg: UnlearnConfig, forget: Any, mask: MaskSet | None, t0: float,
+                        progress: bool) -> tuple[MaskedOptimizer | DenseOptimizer, MaskSet | None, float]:
+    """The optimizer over what may move — the saliency mask's entries (the mask computed now unless
+    given) or every weight — with the mask and the seconds its pass took (part of RTE)."""
+    mask_seconds = 0.0
+    if cfg.masked:
+        if mask is None:
+            mask = saliency_mask(model, forget, cfg, progress)
+            mask_seconds = time.time() - t0
+        mask.check_model(model)
+    make = factory(cfg.optimizer, cfg.lr, cfg.momentum, cfg.weight_decay)
+    return (MaskedOptimizer(model, mask, make) if cfg.masked else DenseOptimizer(model, make)), mask, mask_seconds
 
 
 def _data_parallel(model: nn.Module) -> nn.Module:

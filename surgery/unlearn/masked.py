@@ -94,6 +94,14 @@ class DenseOptimizer:
         self.optimizer.step()
 
 
+def release(model: nn.Module) -> None:
+    """After training: eval mode, every weight trainable again, no gradients left behind."""
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(True)
+        p.grad = None
+
+
 def factory(name: str, lr: float, momentum: float, weight_decay: float) -> Factory:
     if name == "sgd":
         return lambda ps: torch.optim.SGD(list(ps), lr=lr, momentum=momentum, weight_decay=weight_decay)
