@@ -249,7 +249,7 @@ def test_cli_scores_a_diffusion_model_on_its_diffusion_loss(tmp_path):
     data = digits("train")
     data = data.subset(torch.nonzero(data.y == 3).flatten())
     model = tiny_unet()
-    want = score(model, list(noised_batches(data, 16, 4, model)), loss="diffusion", progress=False)
+    want = score(model, list(noised_batches(data, 16, 4, model)), loss=diffusion_loss, progress=False)
     got = SaliencyMap.load(out)
     assert sorted(got) == sorted(want)
     for name in want:

@@ -12,7 +12,7 @@ ROOT = Path(surgery.__file__).parent
 LAYERS = {
     "_version": 0, "_lazy": 0, "errors": 0, "io": 0, "dist": 0, "shards": 0, "log": 0, "config": 0, "checkpoint": 0,
     "saliency": 1,
-    "models": 2, "data": 2, "train": 2,
+    "models": 2, "data": 2, "train": 2, "diffusion": 2,
     "export": 3, "evaluate": 3,
     "quantize": 4, "prune": 4, "unlearn": 4, "reference": 4,
     "recipe": 5, "cli": 5,

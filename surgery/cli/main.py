@@ -36,6 +36,9 @@ def cmd_score(args: argparse.Namespace) -> None:
 
         batches = common.image_batches(args, model)
         loss = args.loss or ("diffusion" if is_diffusion(model) else "neg_ce")
+        if loss == "diffusion":  # the model's own objective (surgery.diffusion sits above the scorer)
+            common.require(is_diffusion(model), "--loss diffusion needs a class-conditional diffusion model")
+            from surgery.diffusion.process import diffusion_loss as loss
         desc = f"{args.images}/{args.image_split} classes={args.classes or 'all'}"
     else:
         windows = common.text_windows(args, tok, vocab_size=model.get_input_embeddings().num_embeddings)

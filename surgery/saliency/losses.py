@@ -123,17 +123,8 @@ def neg_ce_loss(model: nn.Module, batch: Any) -> torch.Tensor:
     return -ce_loss(model, batch)
 
 
-def diffusion_loss(model: nn.Module, batch: Any) -> torch.Tensor:
-    """DDPM's noise-prediction loss on a `{noisy, timesteps, labels, noise}` batch (see
-    `surgery.diffusion.process`)."""
-    from surgery.diffusion.process import diffusion_loss as loss
-
-    return loss(model, batch)
-
-
 LOSSES: dict[str, LossFn] = {
     "causal_lm": causal_lm_loss,
-    "diffusion": diffusion_loss,
     "neg_causal_lm": neg_causal_lm_loss,
     "ce": ce_loss,
     "neg_ce": neg_ce_loss,
