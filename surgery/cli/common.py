@@ -119,7 +119,9 @@ def model_config(args: argparse.Namespace) -> tuple[Path, dict[str, Any]]:
 
 def check_inputs(args: argparse.Namespace, cfg: dict[str, Any], text: bool, images: bool = False) -> None:
     """What can be checked from the config and the arguments alone, before weights load."""
-    diffusion = cfg.get("_class_name") == "UNet2DModel"
+    from surgery.models.catalog import is_diffusion_config
+
+    diffusion = is_diffusion_config(cfg)
     require(not diffusion or args.command == "score",
             f"{model_source(args)} is a diffusion model: `surgery {args.command}` measures classifiers and language "
             "models; judge a generator with an unlearn_stage `judge:` (surgery run) or surgery.evaluate.generation")

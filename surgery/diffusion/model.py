@@ -16,8 +16,8 @@ import torch
 from torch import nn
 
 from surgery.errors import SurgeryError, require
+from surgery.models.catalog import DIFFUSION_CLASS
 
-UNET_CLASS = "UNet2DModel"
 SCHEDULER_FILE = "scheduler_config.json"
 
 
@@ -52,7 +52,7 @@ def scheduler(model: nn.Module | None = None, kind: str = "ddpm") -> Any:
 
 
 def is_diffusion(model: nn.Module) -> bool:
-    return type(model).__name__ == UNET_CLASS and hasattr(model, "config") and \
+    return type(model).__name__ == DIFFUSION_CLASS and hasattr(model, "config") and \
         getattr(model.config, "num_class_embeds", None) is not None
 
 
@@ -69,16 +69,6 @@ def image_shape(model: nn.Module) -> tuple[int, int, int]:
     size = model.config.sample_size
     size = size if isinstance(size, int) else size[0]
     return int(model.config.in_channels), int(size), int(size)
-
-
-def is_diffusion_folder(folder: str | os.PathLike) -> bool:
-    path = Path(folder) / "config.json"
-    if not path.is_file():
-        return False
-    try:
-        return json.loads(path.read_text()).get("_class_name") == UNET_CLASS
-    except (OSError, ValueError):
-        return False
 
 
 def load_diffusion(folder: str | os.PathLike, device: str | torch.device | None = None,
@@ -106,5 +96,5 @@ def write_diffusion(model: nn.Module, folder: Path) -> None:
     scheduler(model).save_config(str(folder))
 
 
-__all__ = ["build_unet", "image_shape", "is_diffusion", "is_diffusion_folder", "load_diffusion", "null_class",
+__all__ = ["build_unet", "image_shape", "is_diffusion", "load_diffusion", "null_class",
            "num_classes", "scheduler", "write_diffusion"]

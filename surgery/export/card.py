@@ -12,6 +12,7 @@ from typing import Any
 import yaml
 
 from surgery.export.folders import has_adapter
+from surgery.models.catalog import is_diffusion_config
 
 PACKAGES = ("torch", "transformers", "accelerate", "datasets", "safetensors", "compressed-tensors", "peft",
             "diffusers", "surgery")
@@ -36,7 +37,7 @@ def versions() -> dict[str, str | None]:
 def loading_code(folder: Path) -> str:
     """Python that loads the folder as it is meant to be used (`path` = the folder)."""
     cfg = json.loads((folder / "config.json").read_text())
-    if cfg.get("_class_name") == "UNet2DModel":
+    if is_diffusion_config(cfg):
         return ("from diffusers import DDPMScheduler, UNet2DModel\nmodel = UNet2DModel.from_pretrained(path)\n"
                 "scheduler = DDPMScheduler.from_pretrained(path)  # class labels: 0..n-1, n = unconditional\n")
     if "surgery_arch" in cfg:
@@ -80,7 +81,7 @@ def model_card(folder: Path, base_model: str, relation: str, tags: list[str], me
                table: str, recipe_text: str | None = None, quant: dict[str, Any] | None = None,
                name: str | None = None) -> str:
     """The card of the model in `folder` (`name`: how the user calls the folder)."""
-    diffusers = json.loads((folder / "config.json").read_text()).get("_class_name") == "UNet2DModel"
+    diffusers = is_diffusion_config(json.loads((folder / "config.json").read_text()))
     front = {"base_model": base_model, "base_model_relation": relation,
              "library_name": "diffusers" if diffusers else "transformers", "tags": ["surgery", *tags]}
     notes = "".join(f"- {n}\n" for n in _notes(folder, quant))

@@ -17,6 +17,12 @@ from surgery.errors import SurgeryError, require
 SUPPORTED = ("llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3_text", "phi3", "olmo2", "qwen3_moe")
 SLICED_PREFIX = "surgery_sliced_"
 VISION_KEY = "surgery_arch"
+DIFFUSION_CLASS = "UNet2DModel"  # diffusers' `_class_name` of the UNets surgery unlearns from
+
+
+def is_diffusion_config(cfg: dict[str, Any]) -> bool:
+    """A diffusers UNet's config.json (class conditioning is checked where it matters)."""
+    return cfg.get("_class_name") == DIFFUSION_CLASS
 _PICKLES = ("pytorch_model.bin", "pytorch_model.bin.index.json", "model.pt", "model.pth", "tf_model.h5",
             "flax_model.msgpack")
 HUB_ID = re.compile(r"^(?P<repo>[A-Za-z0-9][\w.-]*/[\w.-]+)(?:@(?P<rev>[\w./-]+))?$")
@@ -50,7 +56,7 @@ def read_config(path: str | os.PathLike) -> dict[str, Any]:
 
 def check_model_type(cfg: dict[str, Any], folder: Path) -> None:
     """Refuse a config that is neither a supported decoder nor one of our vision classifiers."""
-    if VISION_KEY in cfg or cfg.get("_class_name") == "UNet2DModel":
+    if VISION_KEY in cfg or is_diffusion_config(cfg):
         return
     mtype = cfg.get("model_type")
     if base_type(mtype) not in SUPPORTED:

@@ -19,7 +19,7 @@ from torch import nn
 
 from surgery.errors import SurgeryError, require
 from surgery.io import atomic_dir
-from surgery.models.catalog import VISION_KEY, check_model_type, read_config, weight_files
+from surgery.models.catalog import VISION_KEY, check_model_type, is_diffusion_config, read_config, weight_files
 from surgery.models.vision import build_vision
 
 DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
@@ -58,7 +58,7 @@ def load_model(path: str | os.PathLike, dtype: torch.dtype | None = None,
     """(model, tokenizer or None) from a folder written by `save_model` or `save_pretrained`."""
     folder = Path(path)
     cfg = read_config(folder)
-    if cfg.get("_class_name") == "UNet2DModel":
+    if is_diffusion_config(cfg):
         from surgery.diffusion.model import load_diffusion
 
         return load_diffusion(folder, device, dtype), None

@@ -252,7 +252,9 @@ class Recipe:
 
     def check_model(self, cfg: dict[str, Any]) -> None:
         """What a model's config.json alone says about this recipe: stage kinds and window lengths."""
-        if cfg.get("_class_name") == "UNet2DModel":
+        from surgery.models.catalog import is_diffusion_config
+
+        if is_diffusion_config(cfg):
             require(cfg.get("num_class_embeds") is not None,
                     f"{self.path}: the UNet has no class conditioning (num_class_embeds); surgery unlearns a class "
                     "from class-conditional diffusion models only")
