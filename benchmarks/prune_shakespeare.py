@@ -154,6 +154,29 @@ class Bench:
         self.record(key, {**self.evaluate(model), "seconds": seconds, "version": version, **notes})
 
 
+    def tyr(self, key: str, clone: str, sparsity: float) -> None:
+        """Týr's own supernet + search (benchmarks/peers/tyr_official.py) with our calibration, fitness
+        windows, search budget and top-k; its result composed into a fresh model and measured here."""
+        if key in self.runs:
+            return
+        from _common import PeakRSS
+        from peers.tyr_official import compose, physical_block_params, run_tyr
+
+        cfg = prune_config(sparsity).search
+        t = time.time()
+        with PeakRSS() as mem:
+            res = run_tyr(self.path, clone, sparsity, self.calib, self.search, self.sets["test"][:8],
+                          iterations=SEARCH["iterations"], generations=cfg.generations, offspring=cfg.offspring,
+                          stage_tokens=tuple(w * SEQLEN for w in cfg.stage_windows), survivors=(*cfg.survivors, 1),
+                          kl_topk=min(cfg.top_k, self.vocab))
+        seconds = time.time() - t
+        model = self.fresh()
+        compose(model, res["weights"])
+        row = {**self.evaluate(model), **physical_block_params(model)}  # block_params: as sliced physically
+        self.record(key, {**row, "seconds": seconds, "peak_rss_extra_mib": mem.extra, "levels": res["levels"],
+                          "iterations": res["iterations"], "commit": res["commit"]})
+
+
 def _removed(model: torch.nn.Module, counts: dict) -> int:
     from surgery.prune.units import layout
 
@@ -173,6 +196,10 @@ def main() -> None:
     ap.add_argument("--out", help="results JSON (default: results/prune_<model>.json)")
     ap.add_argument("--torch-pruning", metavar="DIR",
                     help="folder holding torch-pruning (pip install --no-deps --target DIR torch-pruning==1.5.2)")
+    ap.add_argument("--tyr", metavar="CLONE",
+                    help="also run Týr's own code from this local clone (benchmarks/peers/tyr_official.py)")
+    ap.add_argument("--search-dense-inputs", action="store_true",
+                    help="also the full search with accumulation=none (supernet inputs from the dense model)")
     ap.add_argument("--table-only", action="store_true", help="print the tables from the JSON; run nothing")
     args = ap.parse_args()
     torch.manual_seed(0)
@@ -197,6 +224,10 @@ def main() -> None:
                 b.ours("ablation/search-from-uniform", 0.5, start="uniform", iterations=ABLATION_ITERATIONS)
                 b.ours("ablation/search-saliency-prescreen", 0.5, prescreen=0.5,
                        iterations=ABLATION_ITERATIONS)
+            if args.tyr:
+                b.tyr(f"{s}/tyr official", args.tyr, s)
+            if args.search_dense_inputs:  # as Týr's released code builds its supernet (peers/tyr_official.py)
+                b.ours(f"{s}/search accumulation=none", s, accumulation="none")
             if args.torch_pruning:
                 for setting in ("units", "official"):
                     b.torch_pruning(f"{s}/torch-pruning {setting}", args.torch_pruning, s, setting)
@@ -212,7 +243,7 @@ def report(b: Bench, sparsities: list[float]) -> str:
              f"| 0 | dense | {d['ppl_test']:.2f} | {d['ppl_wikitext2']:.1f} | 0 | {d['block_params']:,} | – |"]
     for s in sorted(sparsities):
         for m in ("uniform+solver", "wanda-sp", "flap", "torch-pruning units", "torch-pruning official",
-                  "search fixed windows", "search"):
+                  "search fixed windows", "search", "search accumulation=none", "tyr official"):
             r = b.runs.get(f"{s}/{m}")
             if r and "failed" in r:
                 lines.append(f"| {s} | {m} | {r['failed']} | | | | |")
@@ -234,8 +265,8 @@ def report(b: Bench, sparsities: list[float]) -> str:
                      f"| {k} | {r['ppl_test']:.2f} | {r['ppl_wikitext2']:.1f} | {r['kl_test']:.4f} |"
                      for k, r in acc.items()))
     full = b.runs.get("0.5/search")
-    rows = [(f"{s} {m}", b.runs[f"{s}/{m}"]) for s in sorted(sparsities) for m in ("search", "search fixed windows")
-            if f"{s}/{m}" in b.runs]
+    rows = [(f"{s} {m}", b.runs[f"{s}/{m}"]) for s in sorted(sparsities)
+            for m in ("search", "search fixed windows", "search accumulation=none") if f"{s}/{m}" in b.runs]
     rows += [(f"0.5 {k}", b.runs[f"ablation/{v}"]) for k, v in (("uniform start", "search-from-uniform"),
                                                                   ("saliency start + pre-screen 50 %",
                                                                    "search-saliency-prescreen"))

@@ -3,14 +3,19 @@ forgetting, Retrain / FT / RL / GA / ℓ1-sparse / SalUn, several seeds.
 
 The original model is `cifar10-resnet` (ResNet-8, all 50,000 training images), or with `--model
 cifar10-memo` the same network memorising a 5,000-image subset (no augmentation, 60 epochs), the
-regime of the paper's ResNet-18; `--lira-shadows K` adds an offline LiRA column (K shadow models
-trained like the target on halves of the subset + as many test images). Retrain = the same
+regime of the paper's ResNet-18. LiRA (an offline likelihood-ratio attack, a second MIA column):
+every run stores φ (logit-scaled true-label confidence) of a pool = the training images + as many
+test images in `--work-dir`; `--train-shadows i j …` trains those of the K = `--lira-shadows`
+shadow models (the target's recipe on balanced halves of the pool; parallel processes can share
+them), and the table gains the LiRA columns once all K are there. Retrain = the same
 recipe from scratch on the retain set (the gold standard of each seed). UA, RA, TA, MIA-Efficacy
 (SVC on true-label confidence; shadow = first |test| retain samples vs the test set), RTE
 (wall-clock of the run, SalUn's mask pass included), Avg. Gap to that seed's Retrain. Results are
 appended to the JSON as they finish (a killed run resumes).
 
     SURGERY_DATA_DIR=../shared/data python benchmarks/unlearn_cifar10.py [--seeds 0 1 2] [--modes random class]
+    … --model cifar10-memo --lira-shadows 4 --train-shadows 0 1   (and 2 3 in a second process)
+    … --model cifar10-memo --lira-shadows 4 --table-only
 """
 from __future__ import annotations
 
@@ -49,7 +54,12 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--modes", nargs="+", default=["random", "class"], choices=["random", "class"])
     ap.add_argument("--model", default="cifar10-resnet", help="cifar10-resnet, or cifar10-memo (memorises its data)")
-    ap.add_argument("--lira-shadows", type=int, default=0, help="train this many shadow models for a LiRA column")
+    ap.add_argument("--epochs", type=int, default=2, help="unlearning epochs of every method but Retrain")
+    ap.add_argument("--lira-shadows", type=int, default=0, help="K shadow models for the LiRA columns")
+    ap.add_argument("--train-shadows", type=int, nargs="+", help="train these shadow indices (of K) and stop")
+    ap.add_argument("--official-salun", metavar="CLONE",
+                    help="also run the official SalUn code from this local clone (benchmarks/peers/salun_official.py)")
+    ap.add_argument("--work-dir", help="φ of every run and the shadows (default ~/.cache/surgery/bench/<name>)")
     ap.add_argument("--out", help="default: results/unlearn_cifar10.json (results/unlearn_<model>.json)")
     ap.add_argument("--retrain-dir", help="Retrain models trained elsewhere (--retrain-only), loaded here")
     ap.add_argument("--retrain-only", action="store_true", help="only train the Retrain models (into --retrain-dir)")
@@ -65,21 +75,28 @@ def main() -> None:
     runs = json.loads(out.read_text())["runs"] if out.exists() else {}
     for other in args.merge:  # runs made in parallel processes (each wrote its own file)
         runs.update(json.loads(Path(other).read_text())["runs"])
+    work = Path(args.work_dir or Path.home() / ".cache" / "surgery" / "bench" / name)
+    spec = get_spec(args.model)
+    train, test_all = vision_data(spec, None)
+    lira = Lira(spec, train, test_all, args.lira_shadows, work)
+    if args.train_shadows:
+        lira.train_shadows(args.train_shadows)
+        return
     if args.table_only:
         if args.merge:
+            out.write_text(json.dumps({**stamp(), "runs": runs}, indent=2))
+        if args.lira_shadows:
+            for key, row in runs.items():
+                row.update(lira.attack(key, train, test_all))
             out.write_text(json.dumps({**stamp(), "runs": runs}, indent=2))
         text = table(runs, args.modes, args.seeds)
         out.with_suffix(".md").write_text(text + "\n")
         print(text)
         return
-    spec = get_spec(args.model)
-    train, test_all = vision_data(spec, None)
-    lira = Lira(spec, train, test_all, args.lira_shadows, out.with_name(f"{name}_shadows.npz")) \
-        if args.lira_shadows else None
 
-    def measure(model, forget, retain, test, f, mode) -> dict:
-        row = classifier_metrics(model, forget, retain, test)
-        return {**row, **lira.attack(model, f, mode)} if lira else row
+    def measure(model, forget, retain, test, key) -> dict:
+        lira.store(key, model)
+        return classifier_metrics(model, forget, retain, test)
 
     def record(key: str, row: dict) -> None:
         runs[key] = row
@@ -90,17 +107,29 @@ def main() -> None:
         for seed in args.seeds:
             f, r, test = splits(mode, seed, train, test_all)
             forget, retain = train.subset(f), train.subset(r)
-            if f"{mode}/{seed}/Original" not in runs:
+            key = f"{mode}/{seed}/Original"
+            if key not in runs:
                 model, _, _ = load_reference(args.model, progress=False)
-                record(f"{mode}/{seed}/Original", {**measure(model, forget, retain, test, f, mode), "RTE": 0.0})
+                record(key, {**measure(model, forget, retain, test, key), "RTE": 0.0})
             for name, kw in METHODS.items():
                 key = f"{mode}/{seed}/{name}"
                 if key in runs:
                     continue
                 model, _, _ = load_reference(args.model, progress=False)
-                res = unlearn(model, UnlearnConfig(**COMMON, **{**kw, "augment": spec.augment}, seed=seed), forget,
+                res = unlearn(model, UnlearnConfig(**{**COMMON, **kw, "augment": spec.augment, "epochs": args.epochs},
+                                                   seed=seed), forget,
                               retain, progress=False)
-                record(key, {**measure(model, forget, retain, test, f, mode), "RTE": res.seconds})
+                record(key, {**measure(model, forget, retain, test, key), "RTE": res.seconds})
+            key = f"{mode}/{seed}/SalUn (official)"
+            if args.official_salun and key not in runs:
+                from peers.salun_official import official_salun
+
+                kw = METHODS["SalUn"]
+                model, _, _ = load_reference(args.model, progress=False)
+                res = official_salun(model, forget, retain, args.official_salun, args.epochs, kw["lr"], kw["density"],
+                                     seed, COMMON["batch_size"], COMMON["momentum"], COMMON["weight_decay"])
+                record(key, {**measure(model, forget, retain, test, key), "RTE": res["seconds"],
+                             "commit": res["commit"], "mask_density": res["mask_density"]})
             key = f"{mode}/{seed}/Retrain"
             saved = Path(args.retrain_dir or "-") / f"{mode}_{seed}.safetensors"
             if key not in runs and saved.exists():
@@ -109,7 +138,7 @@ def main() -> None:
                 model, _, _ = load_reference(args.model, progress=False)
                 model.load_state_dict(load_file(str(saved)))
                 meta = json.loads(saved.with_suffix(".json").read_text())
-                record(key, {**measure(model, forget, retain, test, f, mode), "RTE": meta["seconds"],
+                record(key, {**measure(model, forget, retain, test, key), "RTE": meta["seconds"],
                              "trained_on": meta["device"]})
             if key not in runs:
                 model, _, _ = load_reference(args.model, progress=False)
@@ -117,37 +146,56 @@ def main() -> None:
                                                    batch_size=spec.batch_size, weight_decay=spec.weight_decay,
                                                    augment=spec.augment, seed=seed), forget, retain,
                               progress=False)
-                record(key, {**measure(model, forget, retain, test, f, mode), "RTE": res.seconds})
+                record(key, {**measure(model, forget, retain, test, key), "RTE": res.seconds})
 
     print(table(runs, args.modes, args.seeds))
 
 
 class Lira:
-    """Offline LiRA with shadows trained like the target on balanced halves of a pool = the training
-    images + as many test images (seeded); forget examples vs pooled test examples (of the forgotten
-    class in class-wise mode) under the model judged. φ of the shadows is cached in an .npz."""
+    """Offline LiRA against every run: φ of a pool (the training images + as many seeded test
+    images) under each model judged is kept in `work`/phi; the K shadows (the target's recipe on
+    balanced halves of the pool) in `work`/shadow_k.npz. Forget examples vs pooled test examples
+    (of the forgotten class in class-wise mode)."""
 
-    def __init__(self, spec, train, test_all, shadows: int, cache: Path) -> None:
+    def __init__(self, spec, train, test_all, shadows: int, work: Path) -> None:
         from surgery.data.images import ImageSet
 
         pick = torch.randperm(len(test_all), generator=torch.Generator().manual_seed(1))[: len(train)]
-        self.test_idx = pick
         self.pool = ImageSet(torch.cat([train.x, test_all.x[pick]]), torch.cat([train.y, test_all.y[pick]]),
                              train.classes, train.scale, "lira pool")
-        self.n_train = len(train)
-        if cache.exists() and int(np.load(cache)["phi"].shape[0]) == shadows:
-            d = np.load(cache)
-            phi, inside = d["phi"], d["inside"]
-        else:
-            phi, inside = shadow_confidences({**spec.arch, "num_classes": len(train.classes)}, self.pool, shadows,
-                                             spec.epochs, spec.batch_size, spec.lr, spec.weight_decay, spec.augment,
-                                             seed=0, progress=True)
-            np.savez(cache, phi=phi, inside=inside)
-        self.stats = fit_shadows(phi, inside)
+        self.spec, self.shadows, self.work, self.n_train = spec, shadows, work, len(train)
+        self.arch = {**spec.arch, "num_classes": len(train.classes)}
 
-    def attack(self, model, f: torch.Tensor, mode: str) -> dict:
-        phi = model_confidences(model, self.pool)
-        scores = lira_scores(phi, self.stats)
+    def _phi_path(self, key: str) -> Path:
+        return self.work / "phi" / (key.replace("/", "_") + ".npy")
+
+    def store(self, key: str, model) -> None:
+        path = self._phi_path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.save(path, model_confidences(model, self.pool))
+
+    def train_shadows(self, which: list[int]) -> None:
+        s = self.spec
+        self.work.mkdir(parents=True, exist_ok=True)
+        for k in which:
+            path = self.work / f"shadow_{k}_of_{self.shadows}.npz"
+            if path.exists():
+                continue
+            phi, inside = shadow_confidences(self.arch, self.pool, self.shadows, s.epochs, s.batch_size, s.lr,
+                                             s.weight_decay, s.augment, seed=0, progress=True, which=[k])
+            np.savez(path, phi=phi[0], inside=inside[0])
+            print("shadow", k, "done", flush=True)
+
+    def attack(self, key: str, train, test_all) -> dict:
+        paths = [self.work / f"shadow_{k}_of_{self.shadows}.npz" for k in range(self.shadows)]
+        missing = [p.name for p in paths if not p.exists()]
+        if missing or not self._phi_path(key).exists():
+            raise SystemExit(f"LiRA needs {', '.join(missing) or self._phi_path(key)} (--train-shadows)")
+        shadows = [np.load(p) for p in paths]
+        stats = fit_shadows(np.stack([d["phi"] for d in shadows]), np.stack([d["inside"] for d in shadows]))
+        scores = lira_scores(np.load(self._phi_path(key)), stats)
+        mode, seed = key.split("/")[:2]
+        f = splits(mode, int(seed), train, test_all)[0]
         test_pos = np.arange(self.n_train, len(self.pool))
         if mode == "class":
             test_pos = test_pos[self.pool.y[test_pos].numpy() == FORGET_CLASS]
@@ -202,7 +250,7 @@ def table(runs: dict, modes: list[str], seeds: list[int]) -> str:
                  "| method | UA | MIA-Eff | RA | TA | Avg. Gap | Gap w/o MIA | RTE (s) | RTE / Retrain |" +
                  (" LiRA AUC | LiRA TPR@1%FPR |" if lira else ""),
                  "|---|---|---|---|---|---|---|---|---|" + ("---|---|" if lira else "")]
-        for name in ("Retrain", "Original", *METHODS):
+        for name in ("Retrain", "Original", *METHODS, "SalUn (official)"):
             pairs = [(runs[f"{mode}/{s}/{name}"], runs[f"{mode}/{s}/Retrain"]) for s in seeds
                      if f"{mode}/{s}/{name}" in runs and f"{mode}/{s}/Retrain" in runs]
             if not pairs:

@@ -208,13 +208,22 @@ def test_unlearn_recipe_on_a_diffusion_model_reloads_in_plain_diffusers(tmp_path
      "    UnlearnModifier: {method: npo, steps: 1}\n", "method 'npo' is not for diffusion models"),
     ("unlearn_stage:\n  data:\n    images: digits\n    forget_class: 3\n    judge: nosuch\n  unlearn_modifiers:\n"
      "    SalUnModifier: {steps: 1}\n", "judge 'nosuch' is neither a reference model nor a model folder"),
+    ("unlearn_stage:\n  data:\n    images: digits\n    forget_class: 10\n  unlearn_modifiers:\n"
+     "    SalUnModifier: {steps: 1}\n", "forget_class 10 is not one of the UNet's 10 classes (0–9)"),
 ])
-def test_bad_diffusion_recipes_fail_in_one_line_and_write_nothing(tmp_path, capsys, stage, pattern):
+def test_bad_diffusion_recipes_fail_in_one_line_and_write_nothing(tmp_path, capsys, monkeypatch, stage, pattern):
+    """…and before the model loads (the config alone says what is wrong)."""
+    import surgery.diffusion.model
     from surgery.cli.main import main
 
     base = tmp_path / "ddpm"
     base.mkdir()
     write_diffusion(tiny_unet(), base)
+
+    def must_not_load(*a, **k):
+        raise AssertionError("the model was loaded before the recipe was refused")
+
+    monkeypatch.setattr(surgery.diffusion.model, "load_diffusion", must_not_load)
     recipe = tmp_path / "r.yaml"
     recipe.write_text(f"model: {base}\n" + stage)
     capsys.readouterr()

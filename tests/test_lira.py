@@ -74,3 +74,22 @@ def test_attack_roc_matches_brute_force_counting():
     out = attack_roc(m, n, fprs=(0.0, 0.2))
     assert out["auc"] == pytest.approx(pairs)
     assert out["tpr@0"] == pytest.approx(0.5) and out["tpr@0.2"] == pytest.approx(1.0)
+
+
+def test_shadows_split_over_processes_equal_one_run_and_real_members_score_higher():
+    """Shadow k trained alone (`which=[k]`, as a second process would) equals row k of one run, and
+    on real digits the attack separates a shadow's own training half from the other half."""
+    from surgery.data.images import load_images
+    from surgery.unlearn.lira import shadow_confidences
+
+    pool = load_images("digits", "train", None).subset(np.arange(400))
+    arch = {"arch": "mlp", "in_features": 64, "hidden": 32, "depth": 1, "num_classes": 10}
+    phi, inside = shadow_confidences(arch, pool, 4, 30, 32, 0.05, 0.0, False, seed=2)
+    one, one_in = shadow_confidences(arch, pool, 4, 30, 32, 0.05, 0.0, False, seed=2, which=[3])
+    assert np.array_equal(one, phi[3:]) and np.array_equal(one_in, inside[3:])
+    stats = fit_shadows(phi[:3], inside[:3])  # shadow 3 plays the target
+    scores = lira_scores(phi[3], stats)
+    roc = attack_roc(scores[inside[3]], scores[~inside[3]])
+    assert roc["auc"] > 0.6
+    with pytest.raises(SurgeryError, match="shadow indices"):
+        shadow_confidences(arch, pool, 4, 1, 32, 0.05, 0.0, False, which=[4])

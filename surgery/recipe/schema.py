@@ -34,7 +34,7 @@ from surgery.errors import SurgeryError, require
 from surgery.prune.config import PruneConfig
 from surgery.quantize.config import ApiQConfig, GPTQConfig, RTNConfig
 from surgery.recipe import yaml_lines
-from surgery.unlearn.config import UnlearnConfig
+from surgery.unlearn.config import GEN_METHODS, UnlearnConfig
 
 SeqLen = Annotated[int, Strict(), Field(ge=2)]
 Fraction = Annotated[float, Strict(), Field(gt=0, lt=1)]
@@ -262,6 +262,13 @@ class Recipe:
                 require(st.kind == "unlearn" and st.spec.data.forget_class is not None,
                         f"{self.path}: {st.name}: a diffusion model takes an unlearn_stage with images and "
                         "forget_class only")
+                classes = int(cfg["num_class_embeds"]) - 1  # the last embedding is the unconditional one
+                require(0 <= st.spec.data.forget_class < classes,
+                        f"{self.path}: {st.name}: forget_class {st.spec.data.forget_class} is not one of the UNet's "
+                        f"{classes} classes (0–{classes - 1})")
+                require(st.config.method in GEN_METHODS,
+                        f"{self.path}: {st.name}: method {st.config.method!r} is not for diffusion models; "
+                        f"use one of {', '.join(GEN_METHODS)}")
             return
         vision = "surgery_arch" in cfg
         for st in self.stages:

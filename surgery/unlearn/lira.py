@@ -103,23 +103,26 @@ def half_splits(n_examples: int, n_shadows: int, seed: int = 0) -> np.ndarray:
 
 
 def shadow_confidences(arch: dict, pool, n_shadows: int, epochs: int, batch_size: int, lr: float,
-                       weight_decay: float, augment: bool, seed: int = 0,
-                       progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """Train `n_shadows` classifiers (`build_vision(arch)`, the target's recipe) on balanced random
-    halves of `pool` (an ImageSet); return φ of every pool example under every shadow [S, N] and
-    which shadows trained on it [S, N]."""
+                       weight_decay: float, augment: bool, seed: int = 0, progress: bool = False,
+                       which: list[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Train classifiers (`build_vision(arch)`, the target's recipe) on the balanced random halves of
+    `pool` (an ImageSet) that `half_splits(len(pool), n_shadows, seed)` draws; return φ of every pool
+    example under each shadow trained [S, N] and which of them trained on it [S, N]. `which` picks
+    the shadow indices to train (default all), so parallel processes can share the K shadows."""
     from surgery.models.vision import build_vision
     from surgery.train import fit
 
     inside = half_splits(len(pool), n_shadows, seed)
-    phi = np.empty(inside.shape)
-    for k in range(n_shadows):
+    which = list(range(n_shadows)) if which is None else list(which)
+    require(all(0 <= k < n_shadows for k in which), f"shadow indices must lie in [0, {n_shadows})")
+    phi = np.empty((len(which), len(pool)))
+    for row, k in enumerate(which):
         torch.manual_seed(seed * 1000 + k)
         model = build_vision(arch)
         fit(model, pool.subset(np.nonzero(inside[k])[0]), epochs, batch_size, lr, weight_decay, augment,
             seed * 1000 + k, progress)
-        phi[k] = model_confidences(model, pool)
-    return phi, inside
+        phi[row] = model_confidences(model, pool)
+    return phi, inside[which]
 
 
 @torch.no_grad()
