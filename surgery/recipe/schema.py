@@ -255,20 +255,17 @@ class Recipe:
         from surgery.models.catalog import is_diffusion_config
 
         if is_diffusion_config(cfg):
-            require(cfg.get("num_class_embeds") is not None,
-                    f"{self.path}: the UNet has no class conditioning (num_class_embeds); surgery unlearns a class "
-                    "from class-conditional diffusion models only")
+            require(cfg.get("num_class_embeds") is not None, f"{self.path}: the UNet has no class conditioning "
+                    "(num_class_embeds); surgery unlearns a class from class-conditional diffusion models only")
+            classes = int(cfg["num_class_embeds"]) - 1  # the last embedding is the unconditional one
             for st in self.stages:
-                require(st.kind == "unlearn" and st.spec.data.forget_class is not None,
-                        f"{self.path}: {st.name}: a diffusion model takes an unlearn_stage with images and "
-                        "forget_class only")
-                classes = int(cfg["num_class_embeds"]) - 1  # the last embedding is the unconditional one
-                require(0 <= st.spec.data.forget_class < classes,
-                        f"{self.path}: {st.name}: forget_class {st.spec.data.forget_class} is not one of the UNet's "
-                        f"{classes} classes (0–{classes - 1})")
-                require(st.config.method in GEN_METHODS,
-                        f"{self.path}: {st.name}: method {st.config.method!r} is not for diffusion models; "
-                        f"use one of {', '.join(GEN_METHODS)}")
+                d = st.spec.data if st.kind == "unlearn" else None
+                require(d is not None and d.forget_class is not None, f"{self.path}: {st.name}: a diffusion model "
+                        "takes an unlearn_stage with images and forget_class only")
+                require(0 <= d.forget_class < classes, f"{self.path}: {st.name}: forget_class {d.forget_class} is not "
+                        f"one of the UNet's {classes} classes (0–{classes - 1})")
+                require(st.config.method in GEN_METHODS, f"{self.path}: {st.name}: method {st.config.method!r} is not "
+                        f"for diffusion models; use one of {', '.join(GEN_METHODS)}")
             return
         vision = "surgery_arch" in cfg
         for st in self.stages:
