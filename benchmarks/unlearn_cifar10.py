@@ -20,6 +20,7 @@ appended to the JSON as they finish (a killed run resumes).
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import statistics
 import sys
@@ -186,14 +187,20 @@ class Lira:
             np.savez(path, phi=phi[0], inside=inside[0])
             print("shadow", k, "done", flush=True)
 
-    def attack(self, key: str, train, test_all) -> dict:
+    @functools.cached_property
+    def stats(self):
+        """The shadows' Gaussian fits (read and fitted once for every run judged)."""
         paths = [self.work / f"shadow_{k}_of_{self.shadows}.npz" for k in range(self.shadows)]
         missing = [p.name for p in paths if not p.exists()]
-        if missing or not self._phi_path(key).exists():
-            raise SystemExit(f"LiRA needs {', '.join(missing) or self._phi_path(key)} (--train-shadows)")
+        if missing:
+            raise SystemExit(f"LiRA needs {', '.join(missing)} (--train-shadows)")
         shadows = [np.load(p) for p in paths]
-        stats = fit_shadows(np.stack([d["phi"] for d in shadows]), np.stack([d["inside"] for d in shadows]))
-        scores = lira_scores(np.load(self._phi_path(key)), stats)
+        return fit_shadows(np.stack([d["phi"] for d in shadows]), np.stack([d["inside"] for d in shadows]))
+
+    def attack(self, key: str, train, test_all) -> dict:
+        if not self._phi_path(key).exists():
+            raise SystemExit(f"LiRA needs {self._phi_path(key)} (run the benchmark for {key} first)")
+        scores = lira_scores(np.load(self._phi_path(key)), self.stats)
         mode, seed = key.split("/")[:2]
         f = splits(mode, int(seed), train, test_all)[0]
         test_pos = np.arange(self.n_train, len(self.pool))

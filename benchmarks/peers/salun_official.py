@@ -51,7 +51,8 @@ class Loader:
         return self.dataset.loader(self.batch_size, shuffle=True, seed=self.seed * 1000 + self.passes)
 
 
-def _stub_torchvision() -> None:
+def _stub_torchvision() -> list[str]:
+    """Stub modules put in sys.modules (their names, to remove afterwards)."""
     importlib.import_module("datasets")  # it probes for torchvision on import: let it see the truth first
 
     class Stub(types.ModuleType):
@@ -60,10 +61,12 @@ def _stub_torchvision() -> None:
                 raise AttributeError(name)
             return type(name, (), {})
 
-    for name in ("torchvision", "torchvision.transforms", "torchvision.datasets"):
-        sys.modules.setdefault(name, Stub(name))
+    names = [n for n in ("torchvision", "torchvision.transforms", "torchvision.datasets") if n not in sys.modules]
+    for name in names:
+        sys.modules[name] = Stub(name)
     sys.modules["torchvision"].transforms = sys.modules["torchvision.transforms"]
     sys.modules["torchvision"].datasets = sys.modules["torchvision.datasets"]
+    return names
 
 
 @contextlib.contextmanager
@@ -73,7 +76,7 @@ def official_code(repo: str | Path):
         code = str(Path(tmp) / "Classification")
         init = Path(code) / "trainer" / "__init__.py"
         init.write_text(init.read_text().replace(", train_with_rewind", ""))
-        _stub_torchvision()
+        stubs = _stub_torchvision()
         cuda = torch.Tensor.cuda
         torch.Tensor.cuda = lambda self, *a, **k: self
         try:
@@ -83,6 +86,8 @@ def official_code(repo: str | Path):
                 yield mods, commit, Path(tmp)
         finally:
             torch.Tensor.cuda = cuda
+            for name in stubs:  # later code probing for torchvision must not find the stub
+                del sys.modules[name]
 
 
 def official_salun(model: torch.nn.Module, forget, retain, repo: str | Path, epochs: int, lr: float,
