@@ -36,6 +36,7 @@ SEQLEN = 256
 KL_WINDOWS = 64
 ABLATION_ITERATIONS = 2
 SEARCH = dict(search_samples=64, iterations=4, generations=12, offspring=16)
+SEARCH_ABLATIONS = {"uniform start": dict(start="uniform"), "tyr ladder": dict(ffn_min_step=32)}
 SEARCH_FIELDS = ("generations", "offspring", "survivors", "stage_windows", "top_k", "prescreen", "resample")
 
 
@@ -74,6 +75,8 @@ class Bench:
         return out
 
     def record(self, key: str, row: dict) -> None:
+        if self.out.exists():  # runs another process wrote meanwhile (two 1-thread processes on one file)
+            self.runs = {**json.loads(self.out.read_text())["runs"], **self.runs}
         self.runs[key] = row
         self.out.write_text(json.dumps({**stamp(), "model": self.model_name, "max_windows": self.max_windows,
                                         "calibration": self.calib_sources, "runs": self.runs}, indent=2, default=str))
@@ -200,8 +203,15 @@ def main() -> None:
                     help="also run Týr's own code from this local clone (benchmarks/peers/tyr_official.py)")
     ap.add_argument("--search-dense-inputs", action="store_true",
                     help="also the full search with accumulation=none (supernet inputs from the dense model)")
+    ap.add_argument("--tyr-at", type=float, nargs="+", default=[], metavar="S",
+                    help="with --tyr: its code alone at these sparsities too (to match our weight count)")
+    ap.add_argument("--search-ablations", action="store_true",
+                    help="our full 50 %% search with one of Týr's choices each: its uniform start, its 32-neuron "
+                         "floor on the FFN ladder")
     ap.add_argument("--table-only", action="store_true", help="print the tables from the JSON; run nothing")
     args = ap.parse_args()
+    if args.tyr_at and not args.tyr:
+        ap.error("--tyr-at needs --tyr CLONE")
     torch.manual_seed(0)
     default = "prune_shakespeare.json" if args.model == "shakespeare-lm" else f"prune_{args.model}.json"
     b = Bench(Path(args.out or RESULTS / default), args.model, args.max_windows, args.calib)
@@ -228,9 +238,14 @@ def main() -> None:
                 b.tyr(f"{s}/tyr official", args.tyr, s)
             if args.search_dense_inputs:  # as Týr's released code builds its supernet (peers/tyr_official.py)
                 b.ours(f"{s}/search accumulation=none", s, accumulation="none")
+            if s == 0.5 and args.search_ablations:  # Týr's choices, one at a time, in our full search
+                for name, kw in SEARCH_ABLATIONS.items():
+                    b.ours(f"0.5/search {name}", 0.5, **kw)
             if args.torch_pruning:
                 for setting in ("units", "official"):
                     b.torch_pruning(f"{s}/torch-pruning {setting}", args.torch_pruning, s, setting)
+        for x in args.tyr_at:
+            b.tyr(f"matched/tyr official at {x}", args.tyr, x)
     text = report(b, args.sparsities)
     b.out.with_suffix(".md").write_text(text + "\n")
     print(text)
@@ -243,7 +258,8 @@ def report(b: Bench, sparsities: list[float]) -> str:
              f"| 0 | dense | {d['ppl_test']:.2f} | {d['ppl_wikitext2']:.1f} | 0 | {d['block_params']:,} | – |"]
     for s in sorted(sparsities):
         for m in ("uniform+solver", "wanda-sp", "flap", "torch-pruning units", "torch-pruning official",
-                  "search fixed windows", "search", "search accumulation=none", "tyr official"):
+                  "search fixed windows", "search", "search accumulation=none",
+                  *(f"search {k}" for k in SEARCH_ABLATIONS), "tyr official"):
             r = b.runs.get(f"{s}/{m}")
             if r and "failed" in r:
                 lines.append(f"| {s} | {m} | {r['failed']} | | | | |")
@@ -256,6 +272,14 @@ def report(b: Bench, sparsities: list[float]) -> str:
                          f"WikiText-2 {srch['ppl_wikitext2'] / u['ppl_wikitext2']:.3f} (goal ≤ 0.8 in domain, "
                          "≤ 1 out of domain)\n")
     text = "\n".join(lines)
+    matched = sorted(k for k in b.runs if k.startswith("matched/"))
+    if matched:
+        text += ("\n\nTýr's code at raised sparsities (its query-head units keep more weights at a given "
+                 "sparsity):\n\n| run | ppl test | ppl WikiText-2 | KL to dense | block weights | wall s |\n"
+                 "|---|---|---|---|---|---|\n")
+        text += "\n".join(f"| {k[len('matched/'):]} | {r['ppl_test']:.2f} | {r['ppl_wikitext2']:.1f} | "
+                           f"{r['kl_test']:.4f} | {r['block_params']:,} | {r.get('seconds', 0):.0f} |"
+                           for k, r in ((k, b.runs[k]) for k in matched))
     acc = {"none (dense inputs)": b.runs.get("ablation/accumulation=none"),
            "centre candidate": b.runs.get("ablation/accumulation=centre"),
            "expectation": b.runs.get("0.5/uniform+solver")}
@@ -266,7 +290,8 @@ def report(b: Bench, sparsities: list[float]) -> str:
                      for k, r in acc.items()))
     full = b.runs.get("0.5/search")
     rows = [(f"{s} {m}", b.runs[f"{s}/{m}"]) for s in sorted(sparsities)
-            for m in ("search", "search fixed windows", "search accumulation=none") if f"{s}/{m}" in b.runs]
+            for m in ("search", "search fixed windows", "search accumulation=none",
+                      *(f"search {k}" for k in SEARCH_ABLATIONS)) if f"{s}/{m}" in b.runs]
     rows += [(f"0.5 {k}", b.runs[f"ablation/{v}"]) for k, v in (("uniform start", "search-from-uniform"),
                                                                   ("saliency start + pre-screen 50 %",
                                                                    "search-saliency-prescreen"))

@@ -6,12 +6,14 @@ way `surgery` does (memory-mapped), on the same calibration tokens at every size
 - `score`: the diagonal-Fisher scorer on the same batches (time as a ratio to `fwd_bwd`);
 - `gptq`: GPTQ W4 g128 with block checkpoints (finished blocks released to their files);
 - `apiq`: ApiQ W4 g128, one epoch, LoRA rank 8, with block checkpoints;
+- `apiq_stored`: the same with the quantizer's autograd intermediates kept from the forward pass
+  instead of recomputed in the backward (what ApiQ did before; the time/memory trade of the recompute);
 - `prune`: the 25 % supernet build (5 levels) and one search generation (4 offspring).
 Peak memory is anonymous RSS above the process after loading (the mapped weights are file pages),
 sampled every 2 ms; "/ model" divides it by the fp32 weight bytes. The growth exponent of each
 stage is the least-squares slope of log(time) and log(memory) against log(parameters), over the
 sizes where the stage ran. Finished (size, stage) runs are kept in results/scaling.json and skipped
-on a rerun (`--force` redoes them), so sizes and stages can be run in parts.
+on a rerun (`--force` redoes the sizes and stages named), so sizes and stages can be run in parts.
 
     python benchmarks/scaling.py [--sizes 10M 50M 200M 1B] [--stages ...] [--threads 2] [--windows 8] \
         [--seqlen 128] [--force]
@@ -38,7 +40,7 @@ SIZES = {  # hidden, layers, heads, kv heads, intermediate
     "200M": (1024, 16, 16, 4, 2816),
     "1B": (2048, 16, 32, 8, 8192),
 }
-STAGES = ("fwd_bwd", "score", "gptq", "apiq", "prune")
+STAGES = ("fwd_bwd", "score", "gptq", "apiq", "apiq_stored", "prune")
 
 
 def build(folder: Path, size: str) -> int:
@@ -95,7 +97,11 @@ def worker(stage: str, folder: str, windows: int, seqlen: int) -> None:
         elif stage == "gptq":
             quantize(model, GPTQConfig(num_bits=4, group_size=128), calib=calib, batch_size=4, resume_dir=ckpt,
                      progress=False)
-        elif stage == "apiq":
+        elif stage in ("apiq", "apiq_stored"):
+            if stage == "apiq_stored":
+                import surgery.quantize.lora as lora
+
+                lora._recomputed = lambda fn, *args: fn(*args)
             quantize(model, ApiQConfig(num_bits=4, group_size=128, epochs=1, lora_rank=8), calib=calib,
                      batch_size=4, resume_dir=ckpt, progress=False)
         elif stage == "prune":
@@ -129,7 +135,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--windows", type=int, default=8)
     ap.add_argument("--seqlen", type=int, default=128)
-    ap.add_argument("--force", action="store_true", help="redo runs already in results/scaling.json")
+    ap.add_argument("--force", action="store_true",
+                    help="redo the named sizes and stages even if results/scaling.json has them")
     ap.add_argument("--worker", nargs=2, metavar=("STAGE", "FOLDER"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -139,9 +146,9 @@ def main() -> None:
     store = RESULTS / "scaling.json"
     kept = json.loads(store.read_text()) if store.exists() else {}
     same = kept.get("windows") == args.windows and kept.get("seqlen") == args.seqlen
-    rows: dict[str, dict] = kept.get("sizes", {}) if same and not args.force else {}
+    rows: dict[str, dict] = kept.get("sizes", {}) if same else {}
     for size in args.sizes:
-        todo = [st for st in args.stages if "seconds" not in rows.get(size, {}).get(st, {})]
+        todo = [st for st in args.stages if args.force or "seconds" not in rows.get(size, {}).get(st, {})]
         if not todo:
             continue
         with tempfile.TemporaryDirectory() as tmp:

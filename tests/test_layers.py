@@ -11,6 +11,7 @@ ROOT = Path(surgery.__file__).parent
 # layer of each top-level module or package; a module may import its own layer or lower ones
 LAYERS = {
     "_version": 0, "_lazy": 0, "errors": 0, "io": 0, "dist": 0, "shards": 0, "log": 0, "config": 0, "checkpoint": 0,
+    "linalg": 0,
     "saliency": 1,
     "models": 2, "data": 2, "train": 2, "diffusion": 2,
     "export": 3, "evaluate": 3,

@@ -32,9 +32,11 @@ def folder(tmp_path_factory):
     return path
 
 
-@pytest.mark.parametrize("method,max_blocks", [("gptq", 5.0), pytest.param("apiq", 7.5, marks=pytest.mark.slow)])
+# measured (2026-11-30): GPTQ 2.9 blocks (4.4 before each Hessian was factorised in its own storage), ApiQ 3.7
+# (7.0 before the quantizer's intermediates were recomputed in the backward pass)
+@pytest.mark.parametrize("method,max_blocks", [("gptq", 3.5), pytest.param("apiq", 4.5, marks=pytest.mark.slow)])
 def test_released_blocks_bound_the_memory_of_blockwise_quantization(folder, method, max_blocks):
     release, keep = measure(folder, "release", method), measure(folder, "keep", method)
     block = release["block_mib"]
-    assert release["peak_extra_mib"] <= max_blocks * block, release  # GPTQ's in² working set is ~3 blocks here
+    assert release["peak_extra_mib"] <= max_blocks * block, release
     assert keep["peak_extra_mib"] >= release["peak_extra_mib"] + 0.5 * release["weights_mib"], (keep, release)

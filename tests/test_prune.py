@@ -179,6 +179,19 @@ def test_budget_is_exact_and_the_search_keeps_it(sparsity):
         assert all(child[k] in levels[k] for k in child)
 
 
+def test_ffn_spacing_halves_each_iteration_down_to_its_floor():
+    """ffn_step·I / 2^t neurons per level (40 neurons: 10, 5, 2), never below `ffn_min_step` (Týr's code
+    floors it at 32: every iteration then searches the first ladder)."""
+    lay = layout(DecoderAdapter(tiny_llama()))
+    centres = {s.key: 0 for s in lay.sublayers}
+
+    def steps(**kw) -> list[int]:
+        return [engine_module._space(lay, centres, PruneConfig(**kw), t).steps["mlp"] for t in range(3)]
+    assert steps(ffn_step=0.25) == [10, 5, 2]
+    assert steps(ffn_step=0.25, ffn_min_step=4) == [10, 5, 4]
+    assert steps(ffn_step=0.25, ffn_min_step=12) == [12, 12, 12]
+
+
 def test_killed_supernet_build_and_search_resume_to_the_same_result(tmp_path, monkeypatch):
     cfg = dict(sparsity=0.5, **FAST)
     ref_model = tiny_llama()

@@ -3,8 +3,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from surgery import SurgeryError
+from surgery.linalg import damp_, inverse_cholesky_upper_
 from surgery.quantize import quantizer as qz
 from surgery.quantize.gptq import HessianAccumulator, gptq_quantize, layer_error
 from surgery.quantize.lora import QuantLoRALinear
@@ -123,3 +125,76 @@ def test_gptq_with_identity_hessian_is_rtn():
     W = weights(16, 64)
     Q, _ = gptq_quantize(W, torch.eye(64), 3, 16, damp=0.0)
     assert torch.equal(Q, qz.fake_quant(W, 3, 16))
+
+
+@pytest.mark.parametrize("act_order", [False, True])
+def test_gptq_in_the_hessians_own_storage_is_the_same_quantization(act_order):
+    """`overwrite=True` (the engine hands each layer's Hessian over) gives bit-identical weights and grid;
+    without it the caller's H is left as it was. A dead input (no data) gets a zero weight either way."""
+    W, X = weights(32, 128), correlated_inputs()
+    X[:, 7] = 0
+    H = 2 * X.t() @ X / X.shape[0]
+    kept = H.clone()
+    Q, qp = gptq_quantize(W, H, 3, 32, act_order=act_order)
+    assert torch.equal(H, kept)
+    Q2, qp2 = gptq_quantize(W, H, 3, 32, act_order=act_order, overwrite=True)
+    assert torch.equal(Q, Q2) and torch.equal(qp.scale, qp2.scale) and torch.equal(qp.zero, qp2.zero)
+    assert not torch.equal(H, kept)  # its storage was the working space
+    assert torch.equal(Q[:, 7], torch.zeros(32))
+
+
+def test_damping_and_inverse_factor_match_the_dense_formulas():
+    g = torch.Generator().manual_seed(0)
+    A = torch.randn(40, 24, generator=g, dtype=torch.float64)
+    H = A.t() @ A / 40
+    H[5, :] = H[:, 5] = 0
+    dense = H.clone()
+    dense[5, 5] = 1.0
+    dense += 0.01 * dense.diagonal().mean() * torch.eye(24, dtype=torch.float64)
+    dead = damp_(H, 0.01)
+    assert torch.equal(dead, torch.arange(24) == 5) and torch.equal(H, dense)
+    U = inverse_cholesky_upper_(H)
+    assert torch.equal(U, U.triu())
+    torch.testing.assert_close(U.t() @ U, torch.linalg.inv(dense), rtol=1e-10, atol=1e-10)
+    with pytest.raises(SurgeryError, match="not positive definite"):
+        inverse_cholesky_upper_(-torch.eye(4))
+
+
+def _saved_bytes(fn) -> int:
+    """Bytes autograd keeps from the forward of `fn()` for its backward (outside any recomputation)."""
+    total = [0]
+
+    def pack(t):
+        total[0] += t.numel() * t.element_size()
+        return t
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        fn()
+    return total[0]
+
+
+def test_training_recomputes_the_quantizer_with_the_same_gradients():
+    """ApiQ's layer keeps no weight-sized quantizer intermediates from its forward (they are recomputed
+    in the backward pass), shares the base's frozen weight instead of copying it, and its gradients in
+    γ, β, the LoRA factors and the input are bit-identical to those of the plain graph."""
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(256, 96)
+    layer = QuantLoRALinear(lin, bits=3, group_size=32, rank=4, alpha=8.0, fisher=torch.rand(96, 256))
+    with torch.no_grad():
+        layer.lora_B.normal_()
+    assert layer.weight.data_ptr() == lin.weight.data_ptr()
+    x = torch.randn(6, 256, requires_grad=True)
+    params = [x, layer.gamma, layer.beta, layer.lora_A, layer.lora_B]
+
+    def recomputed():
+        return (layer(x) ** 2).sum() + layer.regulariser(after_lora=True)
+
+    def plain():
+        y = F.linear(x, layer.qweight(), layer.bias) + F.linear(F.linear(x, layer.lora_A), layer.lora_B) * 2.0
+        q = layer.qweight() + 2.0 * layer.lora_B @ layer.lora_A
+        return (y**2).sum() + (layer.fisher * (q - layer.weight) ** 2).sum()
+    loss, ref = recomputed(), plain()
+    assert torch.equal(loss, ref)
+    for a, b in zip(torch.autograd.grad(loss, params), torch.autograd.grad(ref, params)):
+        assert torch.equal(a, b)
+    weight_bytes = lin.weight.numel() * 4
+    assert _saved_bytes(recomputed) < 0.5 * weight_bytes < 3 * weight_bytes < _saved_bytes(plain)

@@ -61,6 +61,8 @@ class PruneConfig:
         levels: sparsity levels per sub-layer in the supernet (odd; centre ± (levels−1)/2 steps).
         ffn_step: FFN level spacing in iteration 1, as a share of the neurons (halved each
             iteration, never below one step); attention moves one KV group per step.
+        ffn_min_step: the FFN spacing never falls below this many neurons (Týr's released code
+            floors it at 32, which on a small FFN keeps every iteration on the first ladder).
         solver_rounds: progressive-removal rounds between two levels.
         accumulation: next-block inputs — `expectation` (density-weighted mean of the
             candidates), `centre` (the centre candidate only) or `none` (dense inputs).
@@ -80,6 +82,7 @@ class PruneConfig:
     damp: Annotated[float, Strict(), Field(ge=0, lt=1)] = 0.01
     levels: PosInt = 9
     ffn_step: Annotated[float, Strict(), Field(gt=0, le=0.5)] = 0.125
+    ffn_min_step: PosInt = 1
     solver_rounds: PosInt = 16
     accumulation: Literal["expectation", "centre", "none"] = "expectation"
     iterations: Annotated[int, Strict(), Field(ge=0)] = 4

@@ -134,12 +134,14 @@ def _start(lay: Layout, cfg: PruneConfig, target: Dist, scores: dict[SubKey, tor
 
 
 def _space(lay: Layout, centres: Dist, cfg: PruneConfig, t: int) -> Space:
-    """Iteration t's levels: one KV group for attention, ffn_step·I / 2^t neurons (whole steps)."""
+    """Iteration t's levels: one KV group for attention, ffn_step·I / 2^t neurons (whole steps, at
+    least ffn_min_step)."""
     mlp = lay.of_kind("mlp")
     steps = {"attn": max(s.step for s in lay.of_kind("attn")) if lay.of_kind("attn") else 1}
     if mlp:
         unit = mlp[0].step
-        steps["mlp"] = max(unit, (max(1, round(cfg.ffn_step * mlp[0].units)) >> t) // unit * unit)
+        step = max(cfg.ffn_min_step, max(1, round(cfg.ffn_step * mlp[0].units)) >> t)
+        steps["mlp"] = max(unit, step // unit * unit)
     levels = {s.key: level_set(centres[s.key], steps[s.key.kind], cfg.levels, s.units, MIN_UNITS[s.key.kind])
               for s in lay.sublayers}
     return Space(levels, steps)

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import torch
 
 from surgery.errors import SurgeryError
+from surgery.linalg import damp_, inverse_
 
 
 class Covariance:
@@ -41,17 +42,12 @@ class Covariance:
 
 def damped(H: torch.Tensor, damp: float, inplace: bool = False) -> torch.Tensor:
     H = H if inplace else H.clone()
-    dead = torch.diag(H) == 0
-    H[dead, dead] = 1.0
-    H += damp * torch.mean(torch.diag(H)) * torch.eye(H.shape[0], dtype=H.dtype, device=H.device)
+    damp_(H, damp)
     return H
 
 
 def _inv(H: torch.Tensor) -> torch.Tensor:
-    try:
-        return torch.cholesky_inverse(torch.linalg.cholesky(H))
-    except RuntimeError:
-        raise SurgeryError("pruning solver: the damped Hessian is not positive definite") from None
+    return inverse_(H.clone(), "pruning solver: the damped Hessian")
 
 
 def least_squares(H: torch.Tensor, C: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:

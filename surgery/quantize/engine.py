@@ -133,8 +133,8 @@ def _gptq_block(job: Job, i: int, q_in: BlockInputs) -> None:
             qp = qparams(lin.weight.detach(), cfg.num_bits, gs)
             Q = fake_quant(lin.weight.detach(), cfg.num_bits, gs, qp=qp)
         else:
-            Q, qp = gptq_quantize(lin.weight, acc.H, cfg.num_bits, gs, cfg.damp, cfg.act_order,
-                                  cfg.block_size, cfg.static_groups)
+            Q, qp = gptq_quantize(lin.weight, acc.release(), cfg.num_bits, gs, cfg.damp, cfg.act_order,
+                                  cfg.block_size, cfg.static_groups, overwrite=True)
         del acc
         with torch.no_grad():
             lin.weight.data = Q.to(lin.weight.dtype)  # new storage: mapped weights stay clean

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import torch
 
-from surgery.errors import SurgeryError
 from surgery.export.grid import codes, dequantize, grouped
+from surgery.linalg import damp_, inverse_cholesky_upper_
 from surgery.quantize.quantizer import QParams, qparams
 
 
@@ -32,21 +32,30 @@ class HessianAccumulator:
         x = x * (2.0 / self.n) ** 0.5
         self.H.addmm_(x.t(), x)
 
+    def release(self) -> torch.Tensor:
+        """H, handed over (this accumulator no longer holds it): lets `gptq_quantize(...,
+        overwrite=True)` work in its storage with no other reference keeping a copy alive."""
+        H, self.H = self.H, None
+        return H
+
 
 def gptq_quantize(W: torch.Tensor, H: torch.Tensor, bits: int, group_size: int, damp: float = 0.01,
-                  act_order: bool = False, block_size: int = 128,
-                  static_groups: bool = False) -> tuple[torch.Tensor, QParams]:
+                  act_order: bool = False, block_size: int = 128, static_groups: bool = False,
+                  overwrite: bool = False) -> tuple[torch.Tensor, QParams]:
     """Quantized weights (on the returned grid) and their per-(row, group) parameters.
 
     `static_groups` (implied by `act_order`) takes every group's grid from the original weights
-    before any update, as GPTQ's `--static-groups` and llm-compressor do.
+    before any update, as GPTQ's `--static-groups` and llm-compressor do. With `overwrite`, H is
+    the working storage of the damping and the factorisations (the caller gives it up): one in×in
+    matrix at the peak instead of two.
     """
     static = static_groups or act_order
     W = W.detach().clone().float()
     rows, cols = W.shape
-    H = H.detach().clone().float()
-    dead = torch.diag(H) == 0
-    H[dead, dead] = 1
+    H = H.detach().float()
+    if not overwrite:
+        H = H.clone()
+    dead = damp_(H, 0.0)  # dead inputs only; the damping proper comes after the reordering
     W[:, dead] = 0
     ngroups = cols // group_size
     scale = torch.empty(rows, ngroups, device=W.device)
@@ -57,14 +66,12 @@ def gptq_quantize(W: torch.Tensor, H: torch.Tensor, bits: int, group_size: int, 
         scale.copy_(qp.scale)
         zero.copy_(qp.zero)
     if act_order:
-        W, H = W[:, perm], H[perm][:, perm]
-    H += damp * torch.mean(torch.diag(H)) * torch.eye(cols, device=W.device)
-    try:
-        Hinv = torch.cholesky_inverse(torch.linalg.cholesky(H))
-        del H  # keep at most two in×in matrices alive: the working set GPTQ needs
-        Hinv = torch.linalg.cholesky(Hinv, upper=True)
-    except RuntimeError:
-        raise SurgeryError("GPTQ: the damped Hessian is not positive definite; raise damping") from None
+        W = W[:, perm]
+        H = H.index_select(0, perm)  # two steps: at most two in×in matrices at once
+        H = H.index_select(1, perm)
+    damp_(H, damp)  # a permutation leaves the diagonal's mean unchanged
+    Hinv = inverse_cholesky_upper_(H, "GPTQ: the damped Hessian")
+    del H
     Q = torch.zeros_like(W)
     block_size = max(block_size, group_size)
     for i1 in range(0, cols, block_size):

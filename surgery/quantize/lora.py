@@ -1,7 +1,10 @@
 """Modules ApiQ trains and leaves behind.
 
 `QuantLoRALinear` (training): frozen weight seen through the LWC quantizer, plus a LoRA adapter and
-an optional Fisher tensor for the saliency regulariser. `LoRALinear` (result): an `nn.Linear` whose
+an optional Fisher tensor for the saliency regulariser. While training, Q(W) and its autograd
+intermediates (several weight-sized tensors per layer) are recomputed in the backward pass instead
+of kept from the forward (activation checkpointing over the weight, not the activations): a block
+then holds one layer's quantizer temporaries at a time, not all of them. `LoRALinear` (result): an `nn.Linear` whose
 weight is already on the quantization grid, plus the trained adapter, in PEFT's convention
 y = x Wᵀ + (α/r)·B(A x).
 """
@@ -12,6 +15,7 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from surgery.quantize.quantizer import LWC_INIT, QParams, fake_quant, qparams
 
@@ -24,8 +28,9 @@ class QuantLoRALinear(nn.Module):
         super().__init__()
         self.bits, self.group_size = bits, group_size
         self.in_features, self.out_features = base.in_features, base.out_features
-        self.weight = nn.Parameter(base.weight.detach().clone(), requires_grad=False)
-        self.bias = None if base.bias is None else nn.Parameter(base.bias.detach().clone(), requires_grad=False)
+        # frozen and never written: the base's storage (memory-mapped or onloaded), not a copy
+        self.weight = nn.Parameter(base.weight.detach(), requires_grad=False)
+        self.bias = None if base.bias is None else nn.Parameter(base.bias.detach(), requires_grad=False)
         shape = (base.out_features, base.in_features // group_size)
         like = {"device": base.weight.device, "dtype": base.weight.dtype}
         self.gamma = nn.Parameter(torch.full(shape, LWC_INIT, **like))
@@ -41,8 +46,11 @@ class QuantLoRALinear(nn.Module):
     def qweight(self) -> torch.Tensor:
         return fake_quant(self.weight, self.bits, self.group_size, self.gamma, self.beta)
 
+    def _quantized_linear(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.qweight(), self.bias)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = F.linear(x, self.qweight(), self.bias)
+        y = _recomputed(self._quantized_linear, x)
         if self.rank:
             y = y + F.linear(F.linear(x, self.lora_A), self.lora_B) * self.scaling
         return y
@@ -60,6 +68,9 @@ class QuantLoRALinear(nn.Module):
         `after_lora=False` (the paper code's default, `before_lora`): W_eff = Q(W), so only the
         clipping parameters feel it; `True`: W_eff includes the LoRA delta.
         """
+        return _recomputed(self._regulariser, after_lora)
+
+    def _regulariser(self, after_lora: bool) -> torch.Tensor:
         d = (self.effective_weight(after_lora) - self.weight) ** 2
         return (d * self.fisher).sum() if self.fisher is not None else d.sum()
 
@@ -92,6 +103,13 @@ class QuantLoRALinear(nn.Module):
             layer.lora_A.copy_(self.lora_A)
             layer.lora_B.copy_(self.lora_B)
         return layer, QParams(qp.scale.detach(), qp.zero.detach())
+
+
+def _recomputed(fn, *args):
+    """fn(*args), its intermediates recomputed in the backward pass when autograd records."""
+    if not torch.is_grad_enabled():
+        return fn(*args)
+    return checkpoint(fn, *args, use_reentrant=False, preserve_rng_state=False)
 
 
 class LoRALinear(nn.Linear):
