@@ -206,7 +206,7 @@ def main() -> None:
     ap.add_argument("--tyr-at", type=float, nargs="+", default=[], metavar="S",
                     help="with --tyr: its code alone at these sparsities too (to match our weight count)")
     ap.add_argument("--search-ablations", action="store_true",
-                    help="our full 50 %% search with one of Týr's choices each: its uniform start, its 32-neuron "
+                    help="our full search with one of Týr's choices each: its uniform start, its 32-neuron "
                          "floor on the FFN ladder")
     ap.add_argument("--table-only", action="store_true", help="print the tables from the JSON; run nothing")
     args = ap.parse_args()
@@ -238,9 +238,9 @@ def main() -> None:
                 b.tyr(f"{s}/tyr official", args.tyr, s)
             if args.search_dense_inputs:  # as Týr's released code builds its supernet (peers/tyr_official.py)
                 b.ours(f"{s}/search accumulation=none", s, accumulation="none")
-            if s == 0.5 and args.search_ablations:  # Týr's choices, one at a time, in our full search
+            if args.search_ablations:  # Týr's choices, one at a time, in our full search
                 for name, kw in SEARCH_ABLATIONS.items():
-                    b.ours(f"0.5/search {name}", 0.5, **kw)
+                    b.ours(f"{s}/search {name}", s, **kw)
             if args.torch_pruning:
                 for setting in ("units", "official"):
                     b.torch_pruning(f"{s}/torch-pruning {setting}", args.torch_pruning, s, setting)

@@ -48,6 +48,8 @@ METHODS = {  # two passes over the data at most: RTE stays a small share of Retr
     "l1-sparse": dict(method="l1_sparse", epochs=2, lr=0.02, l1=5e-5),
     "SalUn": dict(method="salun", epochs=2, lr=0.01, density=0.5),
 }
+# the official code's CIFAR-10 relabelling (uniform over all classes, the true one included), on ours
+VARIANTS = {"SalUn (any label)": dict(METHODS["SalUn"], relabel="any")}
 
 
 def main() -> None:
@@ -60,6 +62,8 @@ def main() -> None:
     ap.add_argument("--train-shadows", type=int, nargs="+", help="train these shadow indices (of K) and stop")
     ap.add_argument("--official-salun", metavar="CLONE",
                     help="also run the official SalUn code from this local clone (benchmarks/peers/salun_official.py)")
+    ap.add_argument("--relabel-any", action="store_true",
+                    help="also SalUn with the official code's random labels (any class, the true one included)")
     ap.add_argument("--work-dir", help="φ of every run and the shadows (default ~/.cache/surgery/bench/<name>)")
     ap.add_argument("--out", help="default: results/unlearn_cifar10.json (results/unlearn_<model>.json)")
     ap.add_argument("--retrain-dir", help="Retrain models trained elsewhere (--retrain-only), loaded here")
@@ -112,7 +116,7 @@ def main() -> None:
             if key not in runs:
                 model, _, _ = load_reference(args.model, progress=False)
                 record(key, {**measure(model, forget, retain, test, key), "RTE": 0.0})
-            for name, kw in METHODS.items():
+            for name, kw in {**METHODS, **(VARIANTS if args.relabel_any else {})}.items():
                 key = f"{mode}/{seed}/{name}"
                 if key in runs:
                     continue
@@ -257,7 +261,7 @@ def table(runs: dict, modes: list[str], seeds: list[int]) -> str:
                  "| method | UA | MIA-Eff | RA | TA | Avg. Gap | Gap w/o MIA | RTE (s) | RTE / Retrain |" +
                  (" LiRA AUC | LiRA TPR@1%FPR |" if lira else ""),
                  "|---|---|---|---|---|---|---|---|---|" + ("---|---|" if lira else "")]
-        for name in ("Retrain", "Original", *METHODS, "SalUn (official)"):
+        for name in ("Retrain", "Original", *METHODS, *VARIANTS, "SalUn (official)"):
             pairs = [(runs[f"{mode}/{s}/{name}"], runs[f"{mode}/{s}/Retrain"]) for s in seeds
                      if f"{mode}/{s}/{name}" in runs and f"{mode}/{s}/Retrain" in runs]
             if not pairs:

@@ -8,8 +8,11 @@ from torch import nn
 from surgery.saliency.losses import IGNORE_INDEX, causal_lm_loss, token_nll
 
 
-def random_labels(y: torch.Tensor, num_classes: int, gen: torch.Generator) -> torch.Tensor:
-    """A label drawn uniformly from the classes other than the true one (y' ≠ y, always)."""
+def random_labels(y: torch.Tensor, num_classes: int, gen: torch.Generator, rule: str = "other") -> torch.Tensor:
+    """A label drawn uniformly from the classes other than the true one (`other`: y' ≠ y, always) or
+    from all classes (`any`: y' = y with probability 1/C)."""
+    if rule == "any":
+        return torch.randint(0, num_classes, y.shape, generator=gen).to(y.device)
     shift = torch.randint(1, num_classes, y.shape, generator=gen).to(y.device)
     return (y + shift) % num_classes
 
