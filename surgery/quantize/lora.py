@@ -4,9 +4,10 @@
 an optional Fisher tensor for the saliency regulariser. While training, Q(W) and its autograd
 intermediates (several weight-sized tensors per layer) are recomputed in the backward pass instead
 of kept from the forward (activation checkpointing over the weight, not the activations): a block
-then holds one layer's quantizer temporaries at a time, not all of them. `LoRALinear` (result): an `nn.Linear` whose
-weight is already on the quantization grid, plus the trained adapter, in PEFT's convention
-y = x Wᵀ + (α/r)·B(A x).
+then holds one layer's quantizer temporaries at a time, not all of them.
+
+`LoRALinear` (result): an `nn.Linear` whose weight is already on the quantization grid, plus the
+trained adapter, in PEFT's convention y = x Wᵀ + (α/r)·B(A x).
 """
 from __future__ import annotations
 
