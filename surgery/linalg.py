@@ -21,22 +21,21 @@ def damp_(H: torch.Tensor, damp: float) -> torch.Tensor:
     return dead
 
 
-def inverse_cholesky_upper_(H: torch.Tensor, what: str = "the damped Hessian") -> torch.Tensor:
-    """The upper Cholesky factor U of H⁻¹ (H⁻¹ = UᵀU), computed over H's storage (H is consumed)."""
-    try:
-        torch.linalg.cholesky(H, out=H)
-        torch.cholesky_inverse(H, out=H)
-        torch.linalg.cholesky(H, upper=True, out=H)
-    except RuntimeError:
-        raise SurgeryError(f"{what} is not positive definite; raise damping") from None
-    return H
-
-
-def inverse_(H: torch.Tensor, what: str = "the damped Hessian") -> torch.Tensor:
+def inverse_(H: torch.Tensor, what: str = "the damped Hessian", hint: str = "") -> torch.Tensor:
     """H⁻¹ for a symmetric positive definite H, computed over H's storage (H is consumed)."""
     try:
         torch.linalg.cholesky(H, out=H)
         torch.cholesky_inverse(H, out=H)
     except RuntimeError:
-        raise SurgeryError(f"{what} is not positive definite") from None
+        raise SurgeryError(f"{what} is not positive definite{hint}") from None
+    return H
+
+
+def inverse_cholesky_upper_(H: torch.Tensor, what: str = "the damped Hessian") -> torch.Tensor:
+    """The upper Cholesky factor U of H⁻¹ (H⁻¹ = UᵀU), computed over H's storage (H is consumed)."""
+    inverse_(H, what, "; raise damping")
+    try:
+        torch.linalg.cholesky(H, upper=True, out=H)
+    except RuntimeError:
+        raise SurgeryError(f"{what} is not positive definite; raise damping") from None
     return H

@@ -70,8 +70,7 @@ def gptq_quantize(W: torch.Tensor, H: torch.Tensor, bits: int, group_size: int, 
         H = H.index_select(0, perm)  # two steps: at most two in×in matrices at once
         H = H.index_select(1, perm)
     damp_(H, damp)  # a permutation leaves the diagonal's mean unchanged
-    Hinv = inverse_cholesky_upper_(H, "GPTQ: the damped Hessian")
-    del H
+    Hinv = inverse_cholesky_upper_(H, "GPTQ: the damped Hessian")  # over H's storage
     Q = torch.zeros_like(W)
     block_size = max(block_size, group_size)
     for i1 in range(0, cols, block_size):
