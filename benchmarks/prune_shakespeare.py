@@ -35,8 +35,23 @@ from surgery.models import load_model
 SEQLEN = 256
 KL_WINDOWS = 64
 ABLATION_ITERATIONS = 2
-SEARCH = dict(search_samples=64, iterations=4, generations=12, offspring=16)
+# The rows are named from this setting: KV-group units and expectation inputs, the defaults until
+# 2026-12-01. The present defaults (`attn_unit: auto`, `accumulation: none`) are the run
+# "search head units + dense inputs" on GQA models.
+SEARCH = dict(search_samples=64, iterations=4, generations=12, offspring=16, attn_unit="kv_group",
+              accumulation="expectation")
 SEARCH_ABLATIONS = {"uniform start": dict(start="uniform"), "tyr ladder": dict(ffn_min_step=32)}
+# query-head units alone, then with every other choice of Týr's released code (uniform start, dense
+# supernet inputs, its 32-neuron ladder floor)
+HEAD_UNITS = {"head units": dict(attn_unit="head"),
+              "head units + tyr settings": dict(attn_unit="head", start="uniform", accumulation="none",
+                                                ffn_min_step=32)}
+HEAD_ABLATIONS = {"head units + uniform start": dict(attn_unit="head", start="uniform"),
+                  "head units + dense inputs": dict(attn_unit="head", accumulation="none"),
+                  "head units + tyr ladder": dict(attn_unit="head", ffn_min_step=32)}
+HEAD_RUNS = {**HEAD_UNITS, **HEAD_ABLATIONS}
+# every named variant of the full search ("search <name>"; "default" is plain "search"), for --variants
+VARIANTS = {"default": {}, "accumulation=none": dict(accumulation="none"), **SEARCH_ABLATIONS, **HEAD_RUNS}
 SEARCH_FIELDS = ("generations", "offspring", "survivors", "stage_windows", "top_k", "prescreen", "resample")
 
 
@@ -208,6 +223,14 @@ def main() -> None:
     ap.add_argument("--search-ablations", action="store_true",
                     help="our full search with one of Týr's choices each: its uniform start, its 32-neuron "
                          "floor on the FFN ladder")
+    ap.add_argument("--head-units", action="store_true",
+                    help="also uniform+solver and the full search with query-head attention units (Týr's unit)")
+    ap.add_argument("--head-ablations", action="store_true",
+                    help="the search with query-head units and one other choice of Týr's code at a time")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0],
+                    help="search seeds for the query-head runs and --variants (seed s > 0 adds ' seed s' to the name)")
+    ap.add_argument("--variants", nargs="+", default=[], choices=list(VARIANTS),
+                    help="full-search variants to run at every sparsity and seed")
     ap.add_argument("--table-only", action="store_true", help="print the tables from the JSON; run nothing")
     args = ap.parse_args()
     if args.tyr_at and not args.tyr:
@@ -241,6 +264,14 @@ def main() -> None:
             if args.search_ablations:  # Týr's choices, one at a time, in our full search
                 for name, kw in SEARCH_ABLATIONS.items():
                     b.ours(f"{s}/search {name}", s, **kw)
+            if args.head_units:
+                b.ours(f"{s}/uniform+solver head units", s, start="uniform", iterations=0, attn_unit="head")
+            runs = {**(HEAD_UNITS if args.head_units else {}), **(HEAD_ABLATIONS if args.head_ablations else {}),
+                    **{v: VARIANTS[v] for v in args.variants}}
+            for seed in args.seeds:
+                for name, kw in runs.items():
+                    key = f"{s}/search" + ("" if name == "default" else f" {name}") + (f" seed {seed}" if seed else "")
+                    b.ours(key, s, seed=seed, **kw)
             if args.torch_pruning:
                 for setting in ("units", "official"):
                     b.torch_pruning(f"{s}/torch-pruning {setting}", args.torch_pruning, s, setting)
@@ -251,14 +282,38 @@ def main() -> None:
     print(text)
 
 
+def _seed_table(b: Bench, sparsities: list[float]) -> str:
+    """Mean ± sd over search seeds of every run that has more than one seed."""
+    import statistics
+
+    rows = []
+    for s in sorted(sparsities):
+        for name in ("search", "search accumulation=none", *(f"search {k}" for k in HEAD_RUNS)):
+            base = f"{s}/{name}"
+            runs = [b.runs[k] for k in b.runs if k == base or k.startswith(base + " seed ")]
+            if len(runs) < 2:
+                continue
+            cells = []
+            for field in ("ppl_test", "ppl_wikitext2"):
+                v = [r[field] for r in runs]
+                each = ", ".join(f"{x:.1f}" for x in v)
+                cells.append(f"{statistics.mean(v):.2f} ± {statistics.stdev(v):.2f} ({each})")
+            rows.append(f"| {s} | {name} | {len(runs)} | {cells[0]} | {cells[1]} |")
+    if not rows:
+        return ""
+    return ("\n\nOver search seeds (mean ± sd, then each seed):\n\n| sparsity | method | seeds | ppl test | "
+            "ppl WikiText-2 |\n|---|---|---|---|---|\n" + "\n".join(rows))
+
+
 def report(b: Bench, sparsities: list[float]) -> str:
     d = b.runs["dense"]
     lines = ["| sparsity | method | ppl test (in domain) | ppl WikiText-2 | KL to dense | block weights | wall s |",
              "|---|---|---|---|---|---|---|",
              f"| 0 | dense | {d['ppl_test']:.2f} | {d['ppl_wikitext2']:.1f} | 0 | {d['block_params']:,} | – |"]
     for s in sorted(sparsities):
-        for m in ("uniform+solver", "wanda-sp", "flap", "torch-pruning units", "torch-pruning official",
-                  "search fixed windows", "search", "search accumulation=none",
+        for m in ("uniform+solver", "uniform+solver head units", "wanda-sp", "flap", "torch-pruning units",
+                  "torch-pruning official", "search fixed windows", "search", *(f"search {k}" for k in HEAD_RUNS),
+                  "search accumulation=none",
                   *(f"search {k}" for k in SEARCH_ABLATIONS), "tyr official"):
             r = b.runs.get(f"{s}/{m}")
             if r and "failed" in r:
@@ -272,6 +327,9 @@ def report(b: Bench, sparsities: list[float]) -> str:
                          f"WikiText-2 {srch['ppl_wikitext2'] / u['ppl_wikitext2']:.3f} (goal ≤ 0.8 in domain, "
                          "≤ 1 out of domain)\n")
     text = "\n".join(lines)
+    seeded = _seed_table(b, sparsities)
+    if seeded:
+        text += seeded
     matched = sorted(k for k in b.runs if k.startswith("matched/"))
     if matched:
         text += ("\n\nTýr's code at raised sparsities (its query-head units keep more weights at a given "
@@ -290,7 +348,8 @@ def report(b: Bench, sparsities: list[float]) -> str:
                      for k, r in acc.items()))
     full = b.runs.get("0.5/search")
     rows = [(f"{s} {m}", b.runs[f"{s}/{m}"]) for s in sorted(sparsities)
-            for m in ("search", "search fixed windows", "search accumulation=none",
+            for m in ("search", *(f"search {k}" for k in HEAD_RUNS), "search fixed windows",
+                      "search accumulation=none",
                       *(f"search {k}" for k in SEARCH_ABLATIONS)) if f"{s}/{m}" in b.runs]
     rows += [(f"0.5 {k}", b.runs[f"ablation/{v}"]) for k, v in (("uniform start", "search-from-uniform"),
                                                                   ("saliency start + pre-screen 50 %",

@@ -231,10 +231,11 @@ PRUNE = [
 
 Týr-the-Pruner ([Li et al., 2025](https://arxiv.org/abs/2503.09657)) builds a **supernet**: every
 sub-layer (a block's attention and FFN) is pruned at several sparsity levels by a local solver
-(OBS + least squares, with error accumulation), then an evolutionary search picks one level per
-sub-layer under an exact global budget, minimising the KL to the dense model. Units are KV groups
-(with all their query heads) and FFN neurons, so the result is **physically sliced**: smaller
-matrices, loadable with `AutoModelForCausalLM.from_pretrained` after `import surgery`.
+(OBS + least squares on the dense model's block inputs), then an evolutionary search picks one level
+per sub-layer under an exact global budget, minimising the KL to the dense model. Units are single
+query heads (a KV head leaves with its last query head, and counts in the budget) and FFN neurons,
+so the result is **physically sliced**: smaller matrices, loadable with
+`AutoModelForCausalLM.from_pretrained` after `import surgery`.
 
 Here: 50 % of the decoder-block linear weights, uniform sparsity vs the searched distribution."""),
     ("code", SETUP + LM_SETUP + """
@@ -259,11 +260,11 @@ print(f"search: {time.time() - t0:.0f} s; fitness (KL) per iteration:",
     ("md", "## The searched sparsity per layer"),
     ("code", """\
 lay = searched.per_layer()
-kv_total = searched.layout.of_kind("attn")[0].units
+attn = searched.layout.of_kind("attn")  # query + KV heads (one weight unit each), or KV groups
 ffn_total = searched.layout.of_kind("mlp")[0].units
 fig, axes = plt.subplots(1, 3, figsize=(11, 3))
 x = [r["layer"] for r in lay]
-axes[0].bar(x, [1 - r["kv_groups_kept"] / kv_total for r in lay]); axes[0].set_title("attention sparsity (KV groups)")
+axes[0].bar(x, [searched.distribution[s.key] / s.units for s in attn]); axes[0].set_title("attention sparsity (weights)")
 axes[1].bar(x, [1 - r["neurons_kept"] / ffn_total for r in lay], color="C1"); axes[1].set_title("FFN sparsity (neurons)")
 for ax in axes[:2]:
     ax.axhline(0.5, color="k", lw=0.8, ls="--"); ax.set_xlabel("block"); ax.set_ylim(0, 1)

@@ -32,6 +32,9 @@ QUANT = {"rtn": RTNConfig(num_bits=4, group_size=8), "gptq": GPTQConfig(num_bits
          "apiq": ApiQConfig(num_bits=4, group_size=8, epochs=1, lora_rank=2, saliency={"lam": 1.0})}
 PRUNE = PruneConfig(sparsity=0.3, search_samples=4, iterations=1, batch_size=4,
                     search=SearchConfig(generations=2, offspring=4, stage_windows=[2, 4], survivors=[2], top_k=16))
+# query-head units, one head per layer: every KV head pair keeps 1 + 2 query heads (unequal groups)
+PRUNE_HEADS = PruneConfig(sparsity=1 / 6, attn_unit="head", start="uniform", iterations=0, search_samples=4,
+                          batch_size=4, search=PRUNE.search)
 
 
 def logits(model: torch.nn.Module) -> torch.Tensor:
@@ -54,6 +57,10 @@ def outputs(tmp_path_factory):
         result = prune(model, PRUNE, CALIB, CALIB, progress=False)
         expected[f"{name}-pruned"] = logits(model)  # the masked model
         result.save(root / f"{name}-pruned")
+        model = tiny(name)
+        result = prune(model, PRUNE_HEADS, CALIB, CALIB, progress=False)
+        expected[f"{name}-heads-pruned"] = logits(model)
+        result.save(root / f"{name}-heads-pruned")
     return root, expected
 
 
@@ -101,6 +108,19 @@ def test_outputs_keep_ties_and_leave_the_head_unquantized(outputs, name):
     qcfg = json.loads((root / f"{name}-gptq" / "config.json").read_text())["quantization_config"]
     assert "lm_head" in qcfg["ignore"] and not any(k.startswith("lm_head.") and k.endswith("_packed")
                                                    for k in load_file(root / f"{name}-gptq" / "model.safetensors"))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_head_unit_folders_keep_unequal_kv_groups(outputs, name):
+    """The head-pruned folders (reloaded above as their cards say) really hold layers whose KV heads
+    serve different numbers of query heads, and no more weights than the budget leaves."""
+    root, _ = outputs
+    cfg = json.loads((root / f"{name}-heads-pruned" / "config.json").read_text())
+    if name == "olmo2":  # its q/k norms span all heads: attention is not pruned
+        assert not any(cfg.get("layer_head_kv", []))
+        return
+    assert all(len(m) == 3 and sorted(set(m)) == [0, 1] for m in cfg["layer_head_kv"]), cfg["layer_head_kv"]
+    assert cfg["layer_num_heads"] == [3, 3] and cfg["layer_num_kv_heads"] == [2, 2]
 
 
 @pytest.mark.parametrize("name", NAMES)

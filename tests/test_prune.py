@@ -55,6 +55,53 @@ def test_least_squares_resolve_equals_lstsq(unit):
         torch.testing.assert_close(snap.weight, direct, rtol=1e-8, atol=1e-9)
 
 
+@pytest.mark.parametrize("heads", [4, 8])
+def test_head_units_reach_every_weight_count_with_least_squares_weights(heads):
+    """Query-head units in KV groups of 2: every count of weight units (heads removed + KV heads left
+    empty) up to one head and its KV head is reached exactly — with 4 heads, count 3 is only
+    reachable by giving a removed head back (both groups are down to one head at count 2) — and each
+    snapshot is the least-squares solution on its kept columns."""
+    X, W = layer_data(cols=heads * 3)
+    cov = Covariance(heads * 3)
+    cov.add(X, X)
+    most = heads + heads // 2 - 2
+    snaps = progressive_prune(W, cov, W, 3, list(range(most + 1)), damp=0.0, group=2)
+    assert sorted(snaps) == list(range(most + 1))
+    Y = X @ W.t()
+    for count, snap in snaps.items():
+        kept = snap.kept_units
+        assert heads - kept.numel() + heads // 2 - (kept // 2).unique().numel() == count
+        cols = (kept.view(-1, 1) * 3 + torch.arange(3)).reshape(-1)
+        direct = torch.zeros_like(W)
+        direct[:, cols] = torch.linalg.lstsq(X[:, cols], Y).solution.t()
+        torch.testing.assert_close(snap.weight, direct, rtol=1e-7, atol=1e-8)
+    if heads == 4:
+        assert snaps[3].kept_units.numel() == 2 and (snaps[3].kept_units // 2).unique().numel() == 1
+
+
+def test_head_units_budget_is_exact_and_the_sliced_model_holds_it():
+    model = tiny_llama(num_attention_heads=8, num_key_value_heads=2)
+    result = prune(model, PruneConfig(sparsity=0.5, attn_unit="head", **FAST), calib(), progress=False)
+    lay = result.layout
+    assert [s.units for s in lay.of_kind("attn")] == [10, 10]  # 8 query + 2 KV heads per layer
+    assert result.achieved_sparsity == 0.5
+    small = result.slice()
+    assert DecoderAdapter(small).block_linear_params() == lay.denominator // 2
+    ids = torch.randint(0, 99, (2, 9))
+    with torch.no_grad():
+        torch.testing.assert_close(small(input_ids=ids).logits, model(input_ids=ids).logits, rtol=1e-5, atol=1e-6)
+    with pytest.raises(SurgeryError, match="one query head per KV head"):
+        prune(tiny_llama(num_key_value_heads=4), PruneConfig(sparsity=0.5, attn_unit="head", **FAST), calib(),
+              progress=False)
+    with pytest.raises(SurgeryError, match="does not divide the head dim"):
+        prune(tiny_llama(), PruneConfig(sparsity=0.5, attn_unit="head", width_multiple=16, **FAST), calib(),
+              progress=False)
+    # `auto`: query heads where KV heads are shared and the width multiple allows, else KV groups
+    models = ((tiny_llama(), 1), (tiny_llama(num_key_value_heads=4), 1), (tiny_llama(intermediate_size=48), 16))
+    auto = [layout(DecoderAdapter(m), w, "auto") for m, w in models]
+    assert [[s.group for s in lay.of_kind("attn")] for lay in auto] == [[2, 2], [0, 0], [0, 0]]
+
+
 def test_obs_cost_at_the_optimum_is_the_exact_loss_increase():
     """At the least-squares point the first-order term vanishes and the OBS term is exactly the
     loss increase of removing the unit and re-solving the rest (½ of the squared error, per row)."""
@@ -87,20 +134,22 @@ def test_first_order_term_sees_upstream_error():
     torch.testing.assert_close(snap.weight, direct, rtol=1e-8, atol=1e-9)
 
 
-def dense_supernet(model, removed_units):
-    """A supernet whose candidates keep dense weights, zeroing the given units' columns."""
+def dense_supernet(model, removed_units, attn_unit="kv_group"):
+    """A supernet whose candidates keep dense weights, zeroing the given units' columns (head units:
+    the count also takes the KV heads left with no query head)."""
     ad = DecoderAdapter(model)
-    lay = layout(ad)
+    lay = layout(ad, 1, attn_unit)
     net = Supernet()
+    counts = {}
     for s in lay.sublayers:
         w = ad.output_proj(s.key.layer, s.key.kind).weight.detach().clone()
         gone = torch.tensor(removed_units.get(s.key, []), dtype=torch.long)
-        kept = torch.tensor([u for u in range(s.units) if u not in removed_units.get(s.key, [])])
+        kept = torch.tensor([u for u in range(s.unit_set.count) if u not in removed_units.get(s.key, [])])
         cols = (gone.view(-1, 1) * s.unit_cols + torch.arange(s.unit_cols)).reshape(-1)
         w[:, cols] = 0
-        net.candidates[s.key] = {len(gone): Candidate.of(Snapshot(kept, w), s.unit_cols)}
-    return ad, net, {k: len(v) for k, v in removed_units.items()} | {
-        s.key: 0 for s in lay.sublayers if s.key not in removed_units}
+        counts[s.key] = len(gone) + (s.unit_set.count // s.group - (kept // s.group).unique().numel() if s.group else 0)
+        net.candidates[s.key] = {counts[s.key]: Candidate.of(Snapshot(kept, w), s.unit_cols)}
+    return ad, net, counts
 
 
 @pytest.mark.parametrize("make", [tiny_llama, tiny_qwen2, tiny_mistral])
@@ -120,10 +169,43 @@ def test_removing_zero_units_leaves_logits_unchanged(make):
     with torch.no_grad():
         before = model(input_ids=ids).logits
     ad, net, dist = dense_supernet(model, units)
-    small = slice_model(ad, net, dist)
+    small = slice_model(ad, layout(ad), net, dist)
     assert sum(p.numel() for p in small.parameters()) < sum(p.numel() for p in model.parameters())
     with torch.no_grad():
         torch.testing.assert_close(small(input_ids=ids).logits, before, rtol=1e-5, atol=1e-6)
+
+
+def test_head_units_slice_unequal_kv_groups_that_reload_and_decode(tmp_path):
+    """Query heads pruned unevenly across KV heads (3 + 1 of 4 in layer 0, one KV head emptied in
+    layer 1): the sliced model keeps each query head on its own KV head, equals the masked model
+    under sdpa and eager attention, after a reload, and while decoding with the cache."""
+    model = tiny_llama(num_attention_heads=8, num_key_value_heads=2)
+    units = {A0: [0, 1, 2, 5], A1: [4, 5, 6, 7, 1]}
+    ad = DecoderAdapter(model)
+    with torch.no_grad():
+        for key, heads in units.items():
+            for h in heads:
+                ad.output_proj(key.layer, "attn").weight[:, h * 4:(h + 1) * 4] = 0
+    ids = torch.randint(0, 99, (2, 11))
+    with torch.no_grad():
+        before = model(input_ids=ids).logits
+    ad, net, counts = dense_supernet(model, units, "head")
+    assert counts[A0] == 4 and counts[A1] == 6  # layer 1: five heads and the KV head they emptied
+    lay = layout(ad, 1, "head")
+    small = slice_model(ad, lay, net, counts)
+    assert small.config.layer_head_kv == [[0, 1, 1, 1], []]  # layer 1: one KV head for 3 queries is standard
+    assert small.config.layer_num_heads == [4, 3] and small.config.layer_num_kv_heads == [2, 1]
+    assert DecoderAdapter(small).block_linear_params() == ad.block_linear_params() - lay.removed_params(counts)
+    small.save_pretrained(tmp_path / "h")
+    back = AutoModelForCausalLM.from_pretrained(tmp_path / "h").eval()
+    with torch.no_grad():
+        torch.testing.assert_close(back(input_ids=ids).logits, before, rtol=1e-5, atol=1e-6)
+        back.config._attn_implementation = "eager"
+        torch.testing.assert_close(back(input_ids=ids).logits, before, rtol=1e-5, atol=1e-6)
+        assert back.model.layers[0].self_attn.k_proj.out_features == 2 * 4  # both KV heads stored once
+    out = back.generate(ids[:1, :4], max_new_tokens=5, do_sample=False, pad_token_id=0)
+    ref = model.generate(ids[:1, :4], max_new_tokens=5, do_sample=False, pad_token_id=0)
+    assert torch.equal(out, ref)
 
 
 @pytest.mark.parametrize("make", [tiny_llama, tiny_qwen2])
@@ -268,7 +350,7 @@ def test_masked_application_matches_the_supernet():
     for s in result.layout.sublayers:
         w = ad.output_proj(s.key.layer, s.key.kind).weight.detach()
         kept = result.supernet.kept(s.key, result.distribution[s.key])
-        zero_units = [u for u in range(s.units) if u not in kept.tolist()]
+        zero_units = [u for u in range(s.unit_set.count) if u not in kept.tolist()]
         for u in zero_units:
             assert float(w[:, u * s.unit_cols : (u + 1) * s.unit_cols].abs().max()) == 0.0
 

@@ -202,6 +202,7 @@ prune_stage:
       sparsity: 0.25
       search_samples: 8
       iterations: 1
+      attn_unit: {attn_unit}
       search: {{generations: 2, offspring: 4, survivors: [2, 1], stage_windows: [2, 4, 8], top_k: 16}}
 quant_stage:
   quant_modifiers:
@@ -216,16 +217,17 @@ eval_stage:
 """
 
 
-def test_prune_then_quantize_chain_equals_the_stages_one_by_one(tmp_path, model_dir, corpus):
+@pytest.mark.parametrize("attn_unit", ["kv_group", "head"])
+def test_prune_then_quantize_chain_equals_the_stages_one_by_one(tmp_path, model_dir, corpus, attn_unit):
     """The chained recipe's folder reloads (sliced + compressed-tensors, mixed schemes) to exactly
-    what running prune, slice and quantize by hand gives."""
+    what running prune, slice and quantize by hand gives — with KV-group and with query-head units."""
     from surgery.data.windows import calib_windows, eval_windows, tokenize
     from surgery.evaluate import perplexity
     from surgery.models import load_model
     from surgery.prune import PruneConfig, prune
     from surgery.quantize import quantize
 
-    recipe = write(tmp_path, CHAIN.format(corpus=corpus))
+    recipe = write(tmp_path, CHAIN.format(corpus=corpus, attn_unit=attn_unit))
     metrics = run_recipe(str(recipe), str(tmp_path / "out"), model=str(model_dir))
     back, tok = load_model(tmp_path / "out")
     assert type(back).__name__.startswith("Sliced") or back.config.intermediate_size < 40
@@ -253,7 +255,7 @@ def test_run_killed_between_stages_resumes_without_redoing_the_finished_stage(tm
     quantize_pkg = importlib.import_module("surgery.quantize")
     from surgery.prune import supernet as supernet_module
 
-    recipe = write(tmp_path, CHAIN.format(corpus=corpus))
+    recipe = write(tmp_path, CHAIN.format(corpus=corpus, attn_unit="kv_group"))
     real_quantize = quantize_pkg.quantize
 
     def killed(*a, **k):
@@ -297,7 +299,8 @@ def test_chain_scores_once_and_every_stage_reuses_the_map(tmp_path, model_dir, c
     from surgery.recipe import maps as maps_module
     from surgery.saliency import score
 
-    body = CHAIN.format(corpus=corpus).replace("      iterations: 1\n", "      iterations: 1\n      saliency_kind: fisher\n")
+    body = CHAIN.format(corpus=corpus, attn_unit="kv_group").replace(
+        "      iterations: 1\n", "      iterations: 1\n      saliency_kind: fisher\n")
     body = body.replace("GPTQModifier:\n      num_bits: 4\n      group_size: 8\n      group_rule: channel\n",
                         "ApiQModifier:\n      num_bits: 2\n      group_size: 8\n      group_rule: channel\n"
                         "      epochs: 1\n      lora_rank: 2\n      saliency: {lam: 10.0}\n")

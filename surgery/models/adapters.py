@@ -218,6 +218,9 @@ class DecoderAdapter:
         reason = _HEADWIDE_NORM.get(self.base_type, "")
         heads = UnitSet("heads", i, s.num_heads, (*rows(q_at[0], q_at[1], d, s.num_heads), heads_out), heads_out,
                         prunable=False, reason="query heads go with their KV group")
+        if (getattr(self.config, "layer_head_kv", None) or [[]] * (i + 1))[i]:  # KV heads of unequal groups
+            return {"heads": heads, "kv_groups": UnitSet("kv_groups", i, s.num_kv_heads, (), None, prunable=False,
+                                                         reason="its KV heads serve unequal numbers of query heads")}
         groups = UnitSet("kv_groups", i, s.num_kv_heads,
                          (*rows(q_at[0], q_at[1], g * d, s.num_kv_heads), *rows(k_at[0], k_at[1], d, s.num_kv_heads),
                           *rows(v_at[0], v_at[1], d, s.num_kv_heads), groups_out), groups_out,

@@ -32,12 +32,19 @@ def _plain(config: Any) -> dict[str, Any]:
     return d
 
 
-def sliced_config(config: Any, heads: list[int], kv_heads: list[int], ffn: list[int], stock: bool = True) -> Any:
+def sliced_config(config: Any, heads: list[int], kv_heads: list[int], ffn: list[int], stock: bool = True,
+                  head_kv: list[list[int]] | None = None) -> Any:
     """The stock config when every layer has the same widths and the stock config accepts them
-    (and `stock`); else the sliced config (global counts stay the dense model's; layers read theirs)."""
+    (and `stock`); else the sliced config (global counts stay the dense model's; layers read theirs).
+    `head_kv[i]`: the KV head of each query head of layer i, where its KV heads serve different
+    numbers of query heads ([] elsewhere)."""
     base = base_type(config.model_type)
     require(base in BASES, f"cannot slice a {config.model_type!r} model")
     d = _plain(config)
+    head_kv = head_kv or [[] for _ in heads]
+    if any(head_kv):
+        return SLICED[base][0](**{**d, "layer_num_heads": heads, "layer_num_kv_heads": kv_heads,
+                                   "layer_intermediate_sizes": ffn, "layer_head_kv": head_kv})
     if stock and len(set(heads)) == 1 and len(set(kv_heads)) == 1 and len(set(ffn)) == 1 and ffn[0] > 0 \
             and config.hidden_size % heads[0] == 0:
         try:

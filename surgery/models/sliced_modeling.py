@@ -4,7 +4,10 @@ Stock transformers builds every layer from one global config, so a structurally 
 layers differ is saved with its own model type, `surgery_sliced_<base>`: the base architecture's
 config plus `layer_num_heads`, `layer_num_kv_heads` and `layer_intermediate_sizes`. Each layer's
 attention and MLP are built from the base config with that layer's widths; a layer whose neurons
-were all pruned has an MLP that adds nothing.
+were all pruned has an MLP that adds nothing. A layer whose KV heads serve different numbers of
+query heads (pruned by query head) lists, in `layer_head_kv`, the KV head each query head reads
+(empty: standard GQA); its attention gathers those KV heads — the cache keeps only the stored ones —
+and then runs the model's own attention function.
 
 This file imports only torch and transformers: `surgery` registers these classes on import, and
 writes this same file into every heterogeneous pruned folder (`auto_map`), so that plain
@@ -13,11 +16,13 @@ writes this same file into every heterogeneous pruned folder (`auto_map`), so th
 from __future__ import annotations
 
 import copy
+import sys
 from typing import Any
 
 import torch
 from torch import nn
 from transformers import (
+    AttentionInterface,
     Gemma2Config,
     Gemma2ForCausalLM,
     Gemma3ForCausalLM,
@@ -39,7 +44,8 @@ from transformers import (
 )
 
 PREFIX = "surgery_sliced_"
-PER_LAYER = ("layer_num_heads", "layer_num_kv_heads", "layer_intermediate_sizes")
+PER_LAYER = ("layer_num_heads", "layer_num_kv_heads", "layer_intermediate_sizes", "layer_head_kv")
+HEAD_KV_ATTENTION = "surgery_head_kv"
 BASES: dict[str, tuple[type, type]] = {
     "llama": (LlamaConfig, LlamaForCausalLM),
     "mistral": (MistralConfig, MistralForCausalLM),
@@ -107,6 +113,31 @@ def unfused_like(fused: nn.Module) -> UnfusedExperts:
     return UnfusedExperts(ExpertMLP(hidden, two_i // 2, fused.act_fn, **like) for _ in range(experts))
 
 
+def head_kv_attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                      attention_mask: torch.Tensor | None, **kwargs: Any) -> tuple[torch.Tensor, Any]:
+    """Attention where query head h reads KV head `module.head_kv[h]`: the KV heads are gathered to
+    one per query head, then the model's configured attention function runs."""
+    idx = torch.as_tensor(module.head_kv, device=key.device)
+    key, value = key.index_select(1, idx), value.index_select(1, idx)
+    eager = sys.modules[type(module).__module__].eager_attention_forward
+    fn = AttentionInterface().get_interface(module.model_config._attn_implementation, eager)
+    return fn(module, query, key, value, attention_mask, **kwargs)
+
+
+AttentionInterface.register(HEAD_KV_ATTENTION, head_kv_attention)
+
+
+def _read_kv_by_head(attn: nn.Module, lc: Any, config: Any, head_kv: list[int]) -> None:
+    """Make `attn` read KV head head_kv[h] for query head h (one gathered KV head per query head)."""
+    if len(head_kv) != lc.num_attention_heads or sorted(set(head_kv)) != list(range(lc.num_key_value_heads)):
+        raise ValueError(f"layer_head_kv {head_kv} does not map {lc.num_attention_heads} query heads onto "
+                         f"{lc.num_key_value_heads} KV heads")
+    attn.head_kv = tuple(head_kv)  # not a buffer: loading from meta tensors would leave it unset
+    attn.num_key_value_groups = 1
+    attn.model_config = config  # the model's attention implementation, read at call time
+    lc._attn_implementation_internal = HEAD_KV_ATTENTION
+
+
 def layer_config(config: Any, i: int) -> Any:
     """The base config as layer i sees it (its own head counts and FFN width)."""
     c = copy.copy(config)
@@ -123,12 +154,14 @@ def _make(base: str) -> tuple[type, type]:
         model_type = PREFIX + base
 
         def __init__(self, layer_num_heads: list[int] | None = None, layer_num_kv_heads: list[int] | None = None,
-                     layer_intermediate_sizes: list[int] | None = None, **kwargs: Any) -> None:
+                     layer_intermediate_sizes: list[int] | None = None, layer_head_kv: list[list[int]] | None = None,
+                     **kwargs: Any) -> None:
             super().__init__(**kwargs)
             n = self.num_hidden_layers
             self.layer_num_heads = list(layer_num_heads or [self.num_attention_heads] * n)
             self.layer_num_kv_heads = list(layer_num_kv_heads or [self.num_key_value_heads] * n)
             self.layer_intermediate_sizes = list(layer_intermediate_sizes or [self.intermediate_size] * n)
+            self.layer_head_kv = [list(m) for m in (layer_head_kv or [[]] * n)]
 
     class SlicedForCausalLM(base_model):  # type: ignore[misc, valid-type]
         config_class = SlicedConfig
@@ -140,6 +173,8 @@ def _make(base: str) -> tuple[type, type]:
                 if lc.num_attention_heads < 1 or lc.num_key_value_heads < 1:
                     raise ValueError(f"layer {i}: a sliced layer keeps at least one KV group")
                 layer.self_attn = type(layer.self_attn)(lc, i)
+                if config.layer_head_kv[i]:
+                    _read_kv_by_head(layer.self_attn, lc, config, config.layer_head_kv[i])
                 mlp = layer.mlp
                 if hasattr(mlp, "down_proj"):  # a dense MLP (a MoE block keeps the global config)
                     layer.mlp = type(mlp)(lc) if lc.intermediate_size > 0 else NullMLP()

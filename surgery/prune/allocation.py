@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 
 from surgery.errors import require
-from surgery.prune.units import KINDS, MIN_UNITS, Dist, Layout, SubKey, trade_ratio
+from surgery.prune.units import KINDS, Dist, Layout, SubKey, trade_ratio
 
 
 def greedy(costs: dict[SubKey, torch.Tensor], quota: int, limits: dict[SubKey, int],
@@ -34,10 +34,11 @@ def greedy(costs: dict[SubKey, torch.Tensor], quota: int, limits: dict[SubKey, i
 
 
 def limits(lay: Layout) -> dict[SubKey, int]:
-    """The most units each sub-layer may lose (whole steps; attention keeps one KV group)."""
+    """The most units each sub-layer may lose (whole steps; attention keeps one KV group, or one
+    query head and its KV head)."""
     out = {}
     for s in lay.sublayers:
-        room = s.units - MIN_UNITS[s.key.kind]
+        room = s.units - s.min_kept
         out[s.key] = room - room % s.step
     return out
 
@@ -54,7 +55,7 @@ def saliency_start(lay: Layout, scores: dict[SubKey, torch.Tensor], target: Dist
                 out.update(greedy({k: scores[k].sort().values for k in keys}, sum(target[k] for k in keys),
                                   {k: lim[k] for k in keys}, {k: steps[k] for k in keys}))
         return out
-    ratio = trade_ratio(lay)  # a KV group weighs `ratio` neurons: cost per neuron-equivalent
+    ratio = trade_ratio(lay)  # an attention unit weighs `ratio` neurons: cost per neuron-equivalent
     weight = {s.key: ratio if s.key.kind == "attn" else 1 for s in lay.sublayers}
     costs = {s.key: scores[s.key].sort().values / weight[s.key] for s in lay.sublayers}
     budget = sum(target[k] * weight[k] for k in costs)

@@ -46,11 +46,17 @@ class SearchConfig:
 
 @config_class
 class PruneConfig:
-    """How to prune attention KV groups and FFN neurons of a decoder.
+    """How to prune attention (KV groups or query heads) and FFN neurons of a decoder.
 
     Attributes:
         sparsity: share of the decoder-block linear weights (q, k, v, o, gate, up, down; biases,
             norms, embeddings and lm_head not counted) to remove, in [0, 1).
+        attn_unit: what attention loses — whole KV groups (`kv_group`: every layer stays a
+            standard GQA layer) or single query heads (`head`, Týr's unit: a KV head goes once its
+            query heads are gone, and a layer may keep different numbers of query heads per KV
+            head; the sliced model then needs its modeling file). `auto` (default): query heads
+            wherever KV heads are shared and `width_multiple` divides the head dim, else KV groups
+            — the finer unit was better in and out of domain on stories260K (BENCHMARKS.md).
         trade_budget: let attention and FFN trade parameters (default: each type keeps the
             target on its own, as in the paper); only where the trade can be exact.
         width_multiple: every pruned width (o_proj / down_proj input columns) stays a multiple of
@@ -60,12 +66,14 @@ class PruneConfig:
         damp: Hessian damping, as a share of its mean diagonal.
         levels: sparsity levels per sub-layer in the supernet (odd; centre ± (levels−1)/2 steps).
         ffn_step: FFN level spacing in iteration 1, as a share of the neurons (halved each
-            iteration, never below one step); attention moves one KV group per step.
+            iteration, never below one step); attention moves one unit per step.
         ffn_min_step: the FFN spacing never falls below this many neurons (Týr's released code
             floors it at 32, which on a small FFN keeps every iteration on the first ladder).
         solver_rounds: progressive-removal rounds between two levels.
-        accumulation: next-block inputs — `expectation` (density-weighted mean of the
-            candidates), `centre` (the centre candidate only) or `none` (dense inputs).
+        accumulation: next-block inputs — `none` (default: the dense model's, as Týr's released
+            code does), `expectation` (density-weighted mean of the candidates, the paper's) or
+            `centre` (the centre candidate only); with query-head units dense inputs were better in
+            and out of domain over 3 seeds at 25 % and 50 % on stories260K (BENCHMARKS.md).
         iterations: coarse-to-fine supernet + search rounds (0: the start distribution as is).
         start: first iteration's centre — from structural `saliency` scores or `uniform`.
         saliency_kind: the scorer kind used for `start: saliency` and pre-screening.
@@ -74,6 +82,7 @@ class PruneConfig:
     """
 
     sparsity: Annotated[float, Strict(), Field(ge=0, lt=1)] = 0.5
+    attn_unit: Literal["auto", "kv_group", "head"] = "auto"
     trade_budget: Bool = False
     width_multiple: PosInt = 1
     search_samples: PosInt = 64
@@ -84,7 +93,7 @@ class PruneConfig:
     ffn_step: Annotated[float, Strict(), Field(gt=0, le=0.5)] = 0.125
     ffn_min_step: PosInt = 1
     solver_rounds: PosInt = 16
-    accumulation: Literal["expectation", "centre", "none"] = "expectation"
+    accumulation: Literal["expectation", "centre", "none"] = "none"
     iterations: Annotated[int, Strict(), Field(ge=0)] = 4
     start: Literal["saliency", "uniform"] = "saliency"
     saliency_kind: Literal["grad", "abs_grad", "fisher", "taylor"] = "taylor"

@@ -1,7 +1,7 @@
 """`prune(model, PruneConfig, calib=...)`: Týr-style global structural pruning (orchestration).
 
 Per iteration t: a supernet of `levels` candidates per sub-layer around the current centre
-distribution (FFN spacing `ffn_step`·I / 2^(t−1); one KV group for attention), built from the
+distribution (FFN spacing `ffn_step`·I / 2^(t−1); one unit for attention), built from the
 dense weights with error accumulation; then the evolutionary search, whose winner is the next
 centre. The first centre is uniform or allocated from the shared scorer's structural saliency.
 The result is the best distribution over all iterations by fitness (every iteration is reported);
@@ -31,8 +31,6 @@ from surgery.prune.search import Space, TopKFitness, evolve
 from surgery.prune.supernet import Supernet, build_supernet, level_set
 from surgery.prune.units import (
     KINDS,
-    MIN_UNITS,
-    UNIT_KIND,
     Dist,
     Layout,
     SubKey,
@@ -65,15 +63,22 @@ class PruneResult:
 
     def per_layer(self) -> list[dict[str, int]]:
         out = []
+        subs = {s.key: s for s in self.layout.sublayers}
         for i in range(self.adapter.num_layers):
             s = self.adapter.block_shape(i)
             attn, mlp = SubKey(i, "attn"), SubKey(i, "mlp")
-            out.append({"layer": i, "kv_groups_kept": s.num_kv_heads - self.distribution.get(attn, 0),
-                        "neurons_kept": s.intermediate_size - self.distribution.get(mlp, 0)})
+            row = {"layer": i, "kv_groups_kept": s.num_kv_heads - self.distribution.get(attn, 0),
+                   "neurons_kept": s.intermediate_size - self.distribution.get(mlp, 0)}
+            if attn in subs and subs[attn].group:  # head units: query heads kept per KV head
+                kept = self.supernet.kept(attn, self.distribution[attn])
+                per_kv = torch.bincount(kept // subs[attn].group, minlength=s.num_kv_heads)
+                row.update(kv_groups_kept=int((per_kv > 0).sum()), heads_kept=int(kept.numel()),
+                           heads_per_kv=[int(c) for c in per_kv if c > 0])
+            out.append(row)
         return out
 
     def slice(self) -> nn.Module:
-        return slice_model(self.adapter, self.supernet, self.distribution)
+        return slice_model(self.adapter, self.layout, self.supernet, self.distribution)
 
     def save(self, path: str | Path, tokenizer: Any = None, overwrite: bool = False) -> Path:
         """The sliced model as a folder (stock config when uniform, else with its modeling file),
@@ -95,7 +100,7 @@ class PruneResult:
 
     def slice_map(self, smap: SaliencyMap) -> SaliencyMap:
         """A map of the dense model restricted to what `slice()` keeps (names and shapes match)."""
-        return slice_map(self.adapter, self.supernet, self.distribution, smap)
+        return slice_map(self.adapter, self.layout, self.supernet, self.distribution, smap)
 
     def summary(self) -> dict[str, Any]:
         return {"sparsity": self.config.sparsity, "achieved_sparsity": self.achieved_sparsity,
@@ -108,12 +113,14 @@ class PruneResult:
 
 def unit_scores(model: nn.Module, adapter: DecoderAdapter, lay: Layout, batches: list[torch.Tensor], kind: str,
                 progress: bool, smap: SaliencyMap | None = None) -> dict[SubKey, torch.Tensor]:
-    """Structural saliency of every prunable unit (KV groups, neurons) from the shared scorer."""
+    """Structural saliency of every prunable unit (KV groups, neurons; with head units the query
+    heads, then each KV head's k/v rows) from the shared scorer."""
     if smap is None:
         smap = score(model, batches, loss="causal_lm", kind=kind, include=r"\.layers\.", progress=progress,
                      description="pruning calibration windows")
     smap.check_model(model)
-    return {s.key: s.unit_set.sums(smap).abs() for s in lay.sublayers}
+    return {s.key: (torch.cat([s.unit_set.sums(smap), s.kv_set.sums(smap)]) if s.kv_set is not None
+                    else s.unit_set.sums(smap)).abs() for s in lay.sublayers}
 
 
 def _check_feasible(lay: Layout, target: Dist, sparsity: float) -> None:
@@ -123,7 +130,7 @@ def _check_feasible(lay: Layout, target: Dist, sparsity: float) -> None:
         want, room = sum(target[s.key] for s in subs), sum(lim[s.key] for s in subs)
         if want > room:
             raise SurgeryError(f"sparsity {sparsity} cannot be met: {kind} would need {want} units removed, at most "
-                               f"{room} can go (every layer keeps one KV group)")
+                               f"{room} can go (every layer keeps one query head and its KV head)")
 
 
 def _start(lay: Layout, cfg: PruneConfig, target: Dist, scores: dict[SubKey, torch.Tensor] | None) -> Dist:
@@ -134,7 +141,7 @@ def _start(lay: Layout, cfg: PruneConfig, target: Dist, scores: dict[SubKey, tor
 
 
 def _space(lay: Layout, centres: Dist, cfg: PruneConfig, t: int) -> Space:
-    """Iteration t's levels: one KV group for attention, ffn_step·I / 2^t neurons (whole steps, at
+    """Iteration t's levels: one unit for attention, ffn_step·I / 2^t neurons (whole steps, at
     least ffn_min_step)."""
     mlp = lay.of_kind("mlp")
     steps = {"attn": max(s.step for s in lay.of_kind("attn")) if lay.of_kind("attn") else 1}
@@ -142,18 +149,25 @@ def _space(lay: Layout, centres: Dist, cfg: PruneConfig, t: int) -> Space:
         unit = mlp[0].step
         step = max(cfg.ffn_min_step, max(1, round(cfg.ffn_step * mlp[0].units)) >> t)
         steps["mlp"] = max(unit, step // unit * unit)
-    levels = {s.key: level_set(centres[s.key], steps[s.key.kind], cfg.levels, s.units, MIN_UNITS[s.key.kind])
+    levels = {s.key: level_set(centres[s.key], steps[s.key.kind], cfg.levels, s.units, s.min_kept)
               for s in lay.sublayers}
     return Space(levels, steps)
 
 
-def _saliency_cost(net: Supernet, scores: dict[SubKey, torch.Tensor]) -> Callable[[Dist], float]:
+def _saliency_cost(lay: Layout, net: Supernet, scores: dict[SubKey, torch.Tensor]) -> Callable[[Dist], float]:
+    """Saliency of what a distribution removes (head units: the heads and the KV heads left empty)."""
     def cost(d: Dist) -> float:
         total = 0.0
         for k, r in d.items():
-            gone = torch.ones(scores[k].numel(), dtype=torch.bool)
-            gone[net.kept(k, r)] = False
-            total += float(scores[k][gone].sum())
+            s, kept = lay.get(k), net.kept(k, r)
+            units = s.unit_set.count
+            gone = torch.ones(units, dtype=torch.bool)
+            gone[kept] = False
+            total += float(scores[k][:units][gone].sum())
+            if s.group:
+                kv_gone = torch.ones(units // s.group, dtype=torch.bool)
+                kv_gone[kept // s.group] = False
+                total += float(scores[k][units:][kv_gone].sum())
         return total
     return cost
 
@@ -177,7 +191,7 @@ def prune(model: nn.Module, config: PruneConfig, calib: torch.Tensor | None, sea
     require(calib is not None and calib.numel() > 0, "empty calibration data: pruning needs calibration windows")
     adapter = DecoderAdapter(model)
     model.eval()
-    lay = layout(adapter, cfg.width_multiple)
+    lay = layout(adapter, cfg.width_multiple, cfg.attn_unit)
     target = target_removals(lay, cfg.sparsity)
     _check_feasible(lay, target, cfg.sparsity)
     batches = list(calib.split(cfg.batch_size))
@@ -210,7 +224,7 @@ def prune(model: nn.Module, config: PruneConfig, calib: torch.Tensor | None, sea
             winner, history = dict(centres), []
         else:
             winner, history = evolve(model, apply, centres, space, fitness, cfg.search, cfg.seed + t,
-                                     _saliency_cost(net, scores) if scores is not None else None,
+                                     _saliency_cost(lay, net, scores) if scores is not None else None,
                                      Checkpoint(folder / "search", it_fp, "search") if folder else None, progress)
         fit = fitness(model)  # the winner on the whole fitness pool: comparable across iterations
         result.iterations.append({"iteration": t + 1, "ffn_step": space.steps.get("mlp"),

@@ -92,16 +92,55 @@ class Snapshot:
     weight: torch.Tensor
 
 
+def _weight_units(alive: torch.Tensor, group: int) -> int:
+    """Units removed plus, with query-head units in KV groups of `group`, KV heads left with no query."""
+    gone = int((~alive).sum())
+    if group <= 1:
+        return gone
+    return gone + int((~alive.view(-1, group).any(1)).sum())
+
+
+def _round_picks(order: torch.Tensor, alive: torch.Tensor, group: int, quota: int) -> list[int]:
+    """The cheapest units (in `order`) whose removal spends exactly up to `quota` weight units: a
+    query head costs one, two if it is the last of its KV group."""
+    if group <= 1:
+        return order[:quota].tolist()
+    left = alive.view(-1, group).sum(1).tolist()
+    picks, spent = [], 0
+    for u in order.tolist():
+        cost = 2 if left[u // group] == 1 else 1
+        if spent + cost <= quota:
+            picks.append(u)
+            left[u // group] -= 1
+            spent += cost
+        if spent == quota:
+            break
+    return picks
+
+
+def _ls_error(H: torch.Tensor, C: torch.Tensor, keep: torch.Tensor) -> float:
+    """½‖XWᵀ − Y‖² − const of the least-squares solution on columns `keep` (lower is better)."""
+    HK, CK = H[keep][:, keep], C[keep]
+    return -0.5 * float((CK * torch.linalg.solve(HK, CK)).sum())
+
+
 def progressive_prune(W: torch.Tensor, cov: Covariance, W_dense: torch.Tensor, unit_size: int,
-                      removals: list[int], damp: float = 0.01, rounds: int = 16) -> dict[int, Snapshot]:
+                      removals: list[int], damp: float = 0.01, rounds: int = 16,
+                      group: int = 0) -> dict[int, Snapshot]:
     """Remove units progressively; return a least-squares re-solved snapshot after each count in
-    `removals` (numbers of units removed, ascending, each ≤ the number of units).
+    `removals` (ascending, each reachable).
 
     W is the starting weight (the current, possibly already-updated projection), W_dense the dense
     weight that defines the targets Y. Each step between two requested counts is done in up to
     `rounds` rounds of equal size (the cheapest units of each round go together). The statistics
     are consumed: H is damped in place and M released once C = M·W_denseᵀ is formed (two in×in
     matrices fewer at the peak).
+
+    With `group` > 1 the units are query heads, `group` to a KV head, and a count is in weight
+    units: heads removed plus KV heads left without a query (a KV head weighs what a query head
+    does). When only last-of-group heads remain and one weight unit is still due, the snapshot
+    removes the cheapest of them and keeps the removed head of a live group whose return fits best
+    (least squares); the path itself goes on one unit further.
     """
     W = W.detach().to(torch.float64).clone()
     H = damped(cov.H.to(W.device), damp, inplace=True)
@@ -110,30 +149,54 @@ def progressive_prune(W: torch.Tensor, cov: Covariance, W_dense: torch.Tensor, u
     n_units = W.shape[1] // unit_size
     if W.shape[1] % unit_size:
         raise SurgeryError(f"{W.shape[1]} input columns do not split into units of {unit_size}")
-    if any(r < 0 or r > n_units for r in removals) or removals != sorted(removals):
-        raise SurgeryError(f"unit removals {removals} must be ascending in [0, {n_units}]")
+    if group > 1 and n_units % group:
+        raise SurgeryError(f"{n_units} query heads do not split into KV groups of {group}")
+    most = n_units if group <= 1 else n_units + n_units // group - 2  # heads: one head and its KV stay
+    if any(r < 0 or r > most for r in removals) or removals != sorted(set(removals)):
+        raise SurgeryError(f"unit removals {removals} must be ascending in [0, {most}]")
     Hinv = _inv(H)
     alive = torch.ones(n_units, dtype=torch.bool)
     cols = torch.arange(W.shape[1], device=W.device).view(n_units, unit_size)
     out: dict[int, Snapshot] = {}
     removed = 0
+
+    def drop(gone: torch.Tensor) -> None:
+        nonlocal W, Hinv
+        P = cols[gone.to(W.device)].reshape(-1)
+        HPP_inv = torch.linalg.inv(Hinv[P][:, P])
+        W -= W[:, P] @ HPP_inv @ Hinv[P, :]
+        Hinv -= Hinv[:, P] @ HPP_inv @ Hinv[P, :]
+        W[:, P] = 0
+        Hinv[P, :] = 0
+        Hinv[:, P] = 0
+        alive[gone] = False
+
+    def snapshot(keep_units: torch.Tensor) -> Snapshot:
+        return Snapshot(keep_units, least_squares(H, C, cols[keep_units.to(W.device)].reshape(-1)))
+
     for target in removals:
         todo = target - removed
         per_round = max(1, -(-todo // rounds)) if todo else 0
+        restored = None
         while removed < target:
-            k = min(per_round, target - removed)
             idx = torch.nonzero(alive).flatten()
-            order = torch.argsort(unit_scores(W, H, C, Hinv, cols[idx.to(W.device)]).cpu(), stable=True)
-            gone = idx[order[:k]]
-            P = cols[gone.to(W.device)].reshape(-1)
-            HPP_inv = torch.linalg.inv(Hinv[P][:, P])
-            W -= W[:, P] @ HPP_inv @ Hinv[P, :]
-            Hinv -= Hinv[:, P] @ HPP_inv @ Hinv[P, :]
-            W[:, P] = 0
-            Hinv[P, :] = 0
-            Hinv[:, P] = 0
-            alive[gone] = False
-            removed += k
+            order = idx[torch.argsort(unit_scores(W, H, C, Hinv, cols[idx.to(W.device)]).cpu(), stable=True)]
+            picks = _round_picks(order, alive, group, min(per_round, target - removed))
+            if not picks:  # one unit due, only last-of-group heads left: overshoot, then return one head
+                before = alive.clone()
+                drop(order[:1])
+                live = alive.view(-1, group).any(1).repeat_interleave(group)
+                back = torch.nonzero(~before & live.view(-1)).flatten()  # removed before, group still alive
+                errs = [_ls_error(H, C, cols[torch.nonzero(alive).flatten().tolist() + [int(b)]].reshape(-1)
+                                  .sort().values.to(W.device)) for b in back]
+                restored = int(back[min(range(len(errs)), key=errs.__getitem__)])
+                removed = _weight_units(alive, group)
+                break
+            drop(torch.tensor(picks))
+            removed = _weight_units(alive, group)
         kept = torch.nonzero(alive).flatten()
-        out[target] = Snapshot(kept, least_squares(H, C, cols[kept.to(W.device)].reshape(-1)))
+        if restored is not None:
+            out[target] = snapshot(torch.cat([kept, torch.tensor([restored])]).sort().values)
+        if removed == target:
+            out[target] = snapshot(kept)
     return out

@@ -93,7 +93,7 @@ def _propagation_weight(snaps: dict[int, Snapshot], centre: int, units: int, mod
         return dense
     if mode == "centre":
         return snaps[centre].weight.to(dense.dtype)
-    weights = {r: 1.0 - r / units for r in snaps}
+    weights = {r: 1.0 - r / units for r in snaps}  # head units: r and units count KV heads too
     total = sum(weights.values())
     out = torch.zeros_like(snaps[centre].weight)
     for r, w in weights.items():
@@ -134,8 +134,8 @@ def build_supernet(adapter: DecoderAdapter, lay: Layout, levels: dict[SubKey, li
         for i in range(ckpt.done + 1):
             net.candidates.update(_unpack(ckpt.step(i)[0]))
         saved = ckpt.inputs()
-        acc_in = [saved[f"acc.{j}"] for j in range(len(inputs))]
         dense_in = [saved[f"dense.{j}"] for j in range(len(inputs))]
+        acc_in = dense_in if mode == "none" else [saved[f"acc.{j}"] for j in range(len(inputs))]
         start = ckpt.done + 1
     subs = {s.key: s for s in lay.sublayers}
     for i in tqdm(range(start, adapter.num_layers), desc="supernet", disable=not progress, leave=False):
@@ -160,7 +160,7 @@ def build_supernet(adapter: DecoderAdapter, lay: Layout, levels: dict[SubKey, li
                     x = dense_x[kind][j] if mode == "none" else _capture(block, {kind: proj}, h, kw)[0][kind]
                     cov.add(x, dense_x[kind][j])
                 cov.n = dist.merge_means_([cov.H, cov.M], cov.n)
-                snaps = progressive_prune(W, cov, W, sub.unit_cols, levels[sub.key], damp, rounds)
+                snaps = progressive_prune(W, cov, W, sub.unit_cols, levels[sub.key], damp, rounds, sub.group)
                 with torch.no_grad():
                     proj.weight.data = _propagation_weight(snaps, centres[sub.key], sub.units, mode, W)
                 cands[sub.key] = {r: Candidate.of(sn, sub.unit_cols) for r, sn in snaps.items()}
@@ -176,12 +176,13 @@ def build_supernet(adapter: DecoderAdapter, lay: Layout, levels: dict[SubKey, li
         dense_in = dense_out
         net.candidates.update(cands)
         if ckpt is not None:  # commit, then keep the block's candidates and the inputs memory-mapped
-            saved = {**{f"acc.{j}": h for j, h in enumerate(acc_in)},
-                     **{f"dense.{j}": h for j, h in enumerate(dense_in)}}
+            saved = {f"dense.{j}": h for j, h in enumerate(dense_in)}
+            if mode != "none":  # with dense inputs the two are the same tensors: stored once
+                saved.update({f"acc.{j}": h for j, h in enumerate(acc_in)})
             ckpt.commit(i, _pack(cands), inputs=saved)
             net.candidates.update(_unpack(ckpt.step(i)[0]))
             if all(h.device.type == "cpu" for h in acc_in):
                 mapped = ckpt.inputs()
-                acc_in = [mapped[f"acc.{j}"] for j in range(len(acc_in))]
                 dense_in = [mapped[f"dense.{j}"] for j in range(len(dense_in))]
+                acc_in = dense_in if mode == "none" else [mapped[f"acc.{j}"] for j in range(len(acc_in))]
     return net

@@ -113,14 +113,15 @@ def reduce_structural(scores: Mapping[str, torch.Tensor], layout: list[BlockLayo
     return out
 
 
-def slice_tensor(t: torch.Tensor, pieces: list[Piece], kept: torch.Tensor) -> torch.Tensor:
-    """`t` with only the kept units' slabs of `pieces` (all on one dim, in order); entries of that
-    dim outside every piece are kept as they are."""
+def slice_tensor(t: torch.Tensor, pieces: list[Piece], kept: torch.Tensor | list[torch.Tensor]) -> torch.Tensor:
+    """`t` with only the kept units' slabs of `pieces` (all on one dim, in order; `kept` for all of
+    them or one per piece); entries of that dim outside every piece are kept as they are."""
     require(len({p.dim for p in pieces}) == 1, "pieces of one parameter must share a dim")
     dim = pieces[0].dim
+    kept_of = list(kept) if isinstance(kept, list) else [kept] * len(pieces)
     idx, cursor = [], 0
-    for p in sorted(pieces, key=lambda p: p.start):
-        idx += [torch.arange(cursor, p.start), p.index(kept)]
+    for p, k in sorted(zip(pieces, kept_of), key=lambda pk: pk[0].start):
+        idx += [torch.arange(cursor, p.start), p.index(k)]
         cursor = p.start + p.units * p.width
     idx.append(torch.arange(cursor, t.shape[dim]))
     return t.index_select(dim, torch.cat(idx).to(t.device))
