@@ -97,9 +97,13 @@ def test_head_units_budget_is_exact_and_the_sliced_model_holds_it():
         prune(tiny_llama(), PruneConfig(sparsity=0.5, attn_unit="head", width_multiple=16, **FAST), calib(),
               progress=False)
     # `auto`: query heads where KV heads are shared and the width multiple allows, else KV groups
-    models = ((tiny_llama(), 1), (tiny_llama(num_key_value_heads=4), 1), (tiny_llama(intermediate_size=48), 16))
+    from surgery.models.sliced import model_for, sliced_config
+
+    mixed = model_for(sliced_config(tiny_llama().config, [4, 2], [2, 2], [40, 40]))  # layer 1: one head per KV
+    models = ((tiny_llama(), 1), (tiny_llama(num_key_value_heads=4), 1), (tiny_llama(intermediate_size=48), 16),
+              (mixed, 1))
     auto = [layout(DecoderAdapter(m), w, "auto") for m, w in models]
-    assert [[s.group for s in lay.of_kind("attn")] for lay in auto] == [[2, 2], [0, 0], [0, 0]]
+    assert [[s.group for s in lay.of_kind("attn")] for lay in auto] == [[2, 2], [0, 0], [0, 0], [0, 0]]
 
 
 def test_obs_cost_at_the_optimum_is_the_exact_loss_increase():

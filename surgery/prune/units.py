@@ -125,6 +125,8 @@ def layout(adapter: DecoderAdapter, width_multiple: int = 1, attn_unit: AttnUnit
             subs.append(Sublayer(SubKey(i, kind), us.count, cols, us.params_per_unit(shapes), step, us,
                                  min_kept=1 if kind == "attn" else 0))
     require(bool(subs), f"nothing to prune in this {adapter.model_type} model")
+    if attn_unit == "auto" and len({s.group > 0 for s in subs if s.key.kind == "attn"}) > 1:
+        return layout(adapter, width_multiple, "kv_group")  # one unit per type, or the budget is not exact
     return Layout(subs, adapter.block_linear_params())
 
 
