@@ -120,11 +120,12 @@ def head_kv_attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor,
     idx = torch.as_tensor(module.head_kv, device=key.device)
     key, value = key.index_select(1, idx), value.index_select(1, idx)
     eager = sys.modules[type(module).__module__].eager_attention_forward
-    fn = AttentionInterface().get_interface(module.model_config._attn_implementation, eager)
+    fn = _ATTENTION.get_interface(module.model_config._attn_implementation, eager)
     return fn(module, query, key, value, attention_mask, **kwargs)
 
 
 AttentionInterface.register(HEAD_KV_ATTENTION, head_kv_attention)
+_ATTENTION = AttentionInterface()  # one lookup table, not one per forward
 
 
 def _read_kv_by_head(attn: nn.Module, lc: Any, config: Any, head_kv: list[int]) -> None:

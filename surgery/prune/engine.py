@@ -67,13 +67,14 @@ class PruneResult:
         for i in range(self.adapter.num_layers):
             s = self.adapter.block_shape(i)
             attn, mlp = SubKey(i, "attn"), SubKey(i, "mlp")
-            row = {"layer": i, "kv_groups_kept": s.num_kv_heads - self.distribution.get(attn, 0),
-                   "neurons_kept": s.intermediate_size - self.distribution.get(mlp, 0)}
+            row = {"layer": i, "neurons_kept": s.intermediate_size - self.distribution.get(mlp, 0)}
             if attn in subs and subs[attn].group:  # head units: query heads kept per KV head
                 kept = self.supernet.kept(attn, self.distribution[attn])
                 per_kv = torch.bincount(kept // subs[attn].group, minlength=s.num_kv_heads)
                 row.update(kv_groups_kept=int((per_kv > 0).sum()), heads_kept=int(kept.numel()),
                            heads_per_kv=[int(c) for c in per_kv if c > 0])
+            else:
+                row["kv_groups_kept"] = s.num_kv_heads - self.distribution.get(attn, 0)
             out.append(row)
         return out
 
