@@ -17,7 +17,7 @@ from surgery.prune import engine as engine_module
 from surgery.prune import supernet as supernet_module
 from surgery.prune.apply import apply_masked, slice_model
 from surgery.prune.search import Space, mutate
-from surgery.prune.solver import Covariance, Snapshot, damped, progressive_prune, unit_scores
+from surgery.prune.solver import Covariance, Snapshot, damped, gradient, progressive_prune, unit_scores
 from surgery.prune.supernet import Candidate, Supernet
 from surgery.prune.units import SubKey, layout, target_removals
 
@@ -112,11 +112,12 @@ def test_obs_cost_at_the_optimum_is_the_exact_loss_increase():
     X, W = layer_data(1)
     cov = Covariance(12)
     cov.add(X, X)
+    assert cov.M is None  # dense inputs: M = H is not kept
     H = damped(cov.H, 0.0)
-    C = cov.M @ W.t()
+    C = cov.H @ W.t()
     Hinv = torch.linalg.inv(H)
     cols = torch.arange(12).view(6, 2)
-    scores = unit_scores(W, H, C, Hinv, cols)
+    scores = unit_scores(W.t().contiguous(), gradient(W.t(), H, C), Hinv, cols)
     Y = X @ W.t()
     for u in range(6):
         keep = torch.tensor([c for c in range(12) if c // 2 != u])
@@ -136,6 +137,78 @@ def test_first_order_term_sees_upstream_error():
     snap = progressive_prune(W, cov, W, 1, [0], damp=0.0)[0]  # re-solve on all columns
     direct = torch.linalg.lstsq(noisy, X @ W.t()).solution.t()
     torch.testing.assert_close(snap.weight, direct, rtol=1e-8, atol=1e-9)
+
+
+def brute_force_path(X, X_dense, W, unit, removals, rounds):
+    """The progressive removal computed from scratch each round: the gradient W·H − Cᵀ and the
+    inverse of H on the live columns formed anew, the OBS update, the cheapest units of the round out."""
+    H, C = X.t() @ X / X.shape[0], X.t() @ (X_dense @ W.t()) / X.shape[0]
+    n_units = W.shape[1] // unit
+    W, alive, kept_at, removed = W.clone(), list(range(n_units)), {}, 0
+    for target in removals:
+        per_round = max(1, -(-(target - removed) // rounds))
+        while removed < target:
+            A = [c for u in alive for c in range(u * unit, (u + 1) * unit)]
+            Hinv = torch.zeros_like(H)
+            Hinv[torch.tensor(A).unsqueeze(1), torch.tensor(A)] = torch.linalg.inv(H[A][:, A])
+            G = W @ H - C.t()
+            scores = []
+            for u in alive:
+                P = list(range(u * unit, (u + 1) * unit))
+                first = (G[:, P] * W[:, P]).sum().abs()
+                scores.append(float(first + 0.5 * torch.einsum("oi,ij,oj->", W[:, P], torch.linalg.inv(Hinv[P][:, P]),
+                                                               W[:, P])))
+            order = sorted(range(len(alive)), key=scores.__getitem__)
+            gone = sorted(alive[i] for i in order[:min(per_round, target - removed)])
+            P = [c for u in gone for c in range(u * unit, (u + 1) * unit)]
+            W = W - W[:, P] @ torch.linalg.inv(Hinv[P][:, P]) @ Hinv[P, :]
+            W[:, P] = 0
+            alive = [u for u in alive if u not in gone]
+            removed += len(gone)
+        kept_at[target] = alive
+    return kept_at
+
+
+@pytest.mark.parametrize("unit", [1, 2])
+def test_progressive_path_equals_the_brute_force_recomputation(unit):
+    """The solver forms the gradient once and downdates H⁻¹ (the OBS update leaves the gradient on the
+    live columns unchanged): with upstream error, so that the first-order term counts, it removes the
+    same units at every count as recomputing the gradient and inverting H on the live columns each round."""
+    X, W = layer_data(3, cols=24)
+    noisy = X + 0.3 * torch.randn(X.shape, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
+    cov = Covariance(24)
+    cov.add(noisy, X)
+    n_units = 24 // unit
+    removals = [n_units // 4, n_units // 2, n_units - 2]
+    snaps = progressive_prune(W, cov, W, unit, removals, damp=0.0, rounds=3)
+    expected = brute_force_path(noisy, X, W, unit, removals, rounds=3)
+    assert {r: s.kept_units.tolist() for r, s in snaps.items()} == expected
+
+
+@pytest.mark.parametrize("unit,group", [(1, 0), (3, 0), (3, 2)])
+def test_dense_inputs_keep_one_matrix_and_give_the_paired_result(unit, group):
+    """With X_dense the very tensor X the covariance keeps H only and the solver takes the gradient
+    from the damping alone (G = D·W_denseᵀ); with damping on, it removes the same units and returns
+    the same weights as the general path fed a copy of X (M kept, C and G formed by products)."""
+    X, W = layer_data(4, cols=24)
+    shared, paired = Covariance(24), Covariance(24)
+    for chunk in X.split(100):
+        shared.add(chunk, chunk)
+        paired.add(chunk, chunk.clone())
+    assert shared.M is None and paired.M is not None
+    n_units = 24 // unit
+    most = n_units if not group else n_units + n_units // group - 2
+    removals = sorted({1, n_units // 3, n_units // 2, most - 1})
+    fast = progressive_prune(W, shared, W, unit, removals, damp=0.05, rounds=4, group=group)
+    slow = progressive_prune(W, paired, W, unit, removals, damp=0.05, rounds=4, group=group)
+    assert shared.H is None and paired.H is None  # the statistics are consumed
+    for r in removals:
+        assert fast[r].kept_units.tolist() == slow[r].kept_units.tolist()
+        torch.testing.assert_close(fast[r].weight, slow[r].weight, rtol=1e-9, atol=1e-10)
+    with pytest.raises(SurgeryError, match="every batch must come with its own dense inputs"):
+        shared = Covariance(24)
+        shared.add(X, X)
+        shared.add(X, X.clone())
 
 
 def dense_supernet(model, removed_units, attn_unit="kv_group"):
@@ -445,7 +518,7 @@ def test_unit_scores_on_two_threads_equal_one_block_at_a_time():
     threads = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
-        got = unit_scores(W, H, C, Hinv, cols)
+        got = unit_scores(W.t().contiguous(), gradient(W.t(), H, C), Hinv, cols)
     finally:
         torch.set_num_threads(threads)
     G = W @ H - C.t()

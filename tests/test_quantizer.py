@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from surgery import SurgeryError
-from surgery.linalg import damp_, inverse_cholesky_upper_
+from surgery.linalg import damp_, inverse_, inverse_cholesky_upper_
 from surgery.quantize import quantizer as qz
 from surgery.quantize.gptq import HessianAccumulator, gptq_quantize, layer_error
 from surgery.quantize.lora import QuantLoRALinear
@@ -141,6 +141,29 @@ def test_gptq_in_the_hessians_own_storage_is_the_same_quantization(act_order):
     assert torch.equal(Q, Q2) and torch.equal(qp.scale, qp2.scale) and torch.equal(qp.zero, qp2.zero)
     assert not torch.equal(H, kept)  # its storage was the working space
     assert torch.equal(Q[:, 7], torch.zeros(32))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_inverse_is_computed_in_the_hessians_memory(dtype):
+    """On the CPU H⁻¹ and the upper factor of H⁻¹ are computed by LAPACK in H's own memory: the
+    same storage comes back, equal to the dense formulas, and no second matrix is allocated (torch's
+    `cholesky(out=H)` would allocate one: 32 MiB here)."""
+    from scripts.memory import Peak
+
+    g = torch.Generator().manual_seed(0)
+    n = 2048
+    A = torch.randn(n, 256, generator=g, dtype=torch.float64)
+    H64 = A @ A.t() / 256 + 0.5 * torch.eye(n, dtype=torch.float64)
+    H, expected = H64.to(dtype, copy=True), torch.linalg.inv(H64)
+    ptr, tol = H.data_ptr(), (1e-10 if dtype == torch.float64 else 1e-4)
+    inverse_(torch.eye(300, dtype=dtype))  # one-time costs: SciPy's import, the BLAS threads' buffers
+    with Peak(interval=0.0002) as peak:
+        Hinv = inverse_(H)
+    assert Hinv.data_ptr() == ptr and peak.extra < 0.25 * H.numel() * H.element_size() / 2**20, peak.extra
+    torch.testing.assert_close(Hinv.double(), expected, rtol=tol, atol=tol)
+    U = inverse_cholesky_upper_(H64.to(dtype, copy=True))
+    assert torch.equal(U, U.triu())
+    torch.testing.assert_close((U.t() @ U).double(), expected, rtol=tol, atol=tol)
 
 
 def test_damping_and_inverse_factor_match_the_dense_formulas():

@@ -159,11 +159,11 @@ def build_supernet(adapter: DecoderAdapter, lay: Layout, levels: dict[SubKey, li
                 for j, (h, kw) in enumerate(zip(acc_in, kwargs)):
                     x = dense_x[kind][j] if mode == "none" else _capture(block, {kind: proj}, h, kw)[0][kind]
                     cov.add(x, dense_x[kind][j])
-                cov.n = dist.merge_means_([cov.H, cov.M], cov.n)
+                cov.n = dist.merge_means_(cov.means, cov.n)
                 snaps = progressive_prune(W, cov, W, sub.unit_cols, levels[sub.key], damp, rounds, sub.group)
                 with torch.no_grad():
                     proj.weight.data = _propagation_weight(snaps, centres[sub.key], sub.units, mode, W)
-                cands[sub.key] = {r: Candidate.of(sn, sub.unit_cols) for r, sn in snaps.items()}
+                cands[sub.key] = {r: Candidate.of(snaps.pop(r), sub.unit_cols) for r in sorted(snaps)}  # one full copy at a time
             if mode == "none":
                 acc_in = dense_out
             else:

@@ -49,6 +49,19 @@ class Peak:
         return self.peak - self.start
 
 
+def record_peak(module, name: str, into: dict) -> None:
+    """Wrap `module.name` so that each call stores its absolute peak of RssAnon in `into["peak"]`."""
+    fn = getattr(module, name)
+
+    def measured(*args, **kwargs):
+        with Peak() as p:
+            out = fn(*args, **kwargs)
+        into["peak"] = p.peak
+        return out
+
+    setattr(module, name, measured)
+
+
 def build(folder: Path, hidden: int, layers: int, inter: int) -> None:
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -59,6 +72,7 @@ def build(folder: Path, hidden: int, layers: int, inter: int) -> None:
 
 
 def main(folder: str, mode: str, method: str = "gptq") -> None:
+    from surgery.linalg import inverse_
     from surgery.models import DecoderAdapter, load_model
     from surgery.quantize import ApiQConfig, GPTQConfig, quantize
 
@@ -82,10 +96,17 @@ def main(folder: str, mode: str, method: str = "gptq") -> None:
     with torch.no_grad():  # one-time allocations (kernels, thread pools) before the measurement
         model(calib[:4])
         torch.linalg.cholesky(torch.eye(8))
+        inverse_(torch.eye(300, dtype=torch.float64))  # SciPy's LAPACK: its import, the BLAS buffers
+    built: dict = {}
+    if method == "supernet":  # the build's own peak, apart from writing the chosen candidates into the model
+        import surgery.prune.engine as engine
+
+        record_peak(engine, "build_supernet", built)
     with tempfile.TemporaryDirectory() as tmp, Peak() as peak:
         run(tmp if mode == "release" else None)
+    extra = {"build_peak_extra_mib": built["peak"] - peak.start} if built else {}
     print(json.dumps({"peak_extra_mib": peak.extra, "block_mib": block, "weights_mib": weights,
-                      "blocks": len(ad.layers)}))
+                      "blocks": len(ad.layers), **extra}))
 
 
 if __name__ == "__main__":
