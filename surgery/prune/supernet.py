@@ -163,7 +163,8 @@ def build_supernet(adapter: DecoderAdapter, lay: Layout, levels: dict[SubKey, li
                 snaps = progressive_prune(W, cov, W, sub.unit_cols, levels[sub.key], damp, rounds, sub.group)
                 with torch.no_grad():
                     proj.weight.data = _propagation_weight(snaps, centres[sub.key], sub.units, mode, W)
-                cands[sub.key] = {r: Candidate.of(snaps.pop(r), sub.unit_cols) for r in sorted(snaps)}  # one full copy at a time
+                # one full-shape snapshot at a time becomes a compact candidate
+                cands[sub.key] = {r: Candidate.of(snaps.pop(r), sub.unit_cols) for r in sorted(snaps)}
             if mode == "none":
                 acc_in = dense_out
             else:
