@@ -102,16 +102,15 @@ def gradient(Wt: torch.Tensor, H: torch.Tensor, C: torch.Tensor) -> torch.Tensor
     return torch.addmm(C, H, Wt, alpha=1.0, beta=-1.0)
 
 
-def unit_scores(Wt: torch.Tensor, Gt: torch.Tensor | None, Hinv: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+def unit_scores(Wt: torch.Tensor, Gt: torch.Tensor, Hinv: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
     """First-order + OBS saliency of each unit (rows of `cols`: the unit's column indices), from
-    Wt = Wᵀ, the gradient Gt = Gᵀ (see `gradient`; None where it is zero) and the inverse Hessian
-    of the live columns."""
+    Wt = Wᵀ, the gradient Gt = Gᵀ (see `gradient`) and the inverse Hessian of the live columns."""
     if cols.shape[1] == 1:  # one column per unit: per-row sums over all rows, no gathers; a scalar OBS block
         c = cols[:, 0]
-        obs = 0.5 * torch.linalg.vector_norm(Wt, dim=1)[c].square() / Hinv.diagonal()[c]
-        return obs if Gt is None else obs + torch.bmm(Gt.unsqueeze(1), Wt.unsqueeze(2)).view(-1)[c].abs()
+        first = torch.bmm(Gt.unsqueeze(1), Wt.unsqueeze(2)).view(-1)[c].abs()
+        return first + 0.5 * torch.linalg.vector_norm(Wt, dim=1)[c].square() / Hinv.diagonal()[c]
     WP = Wt[cols]  # [U, s, out]
-    first = 0.0 if Gt is None else (Gt[cols] * WP).sum(dim=(1, 2)).abs()
+    first = (Gt[cols] * WP).sum(dim=(1, 2)).abs()
     blocks = Hinv[cols.unsqueeze(-1), cols.unsqueeze(-2)]  # [U, s, s]
     obs = 0.5 * (WP * _solve_spd(blocks, WP)).sum(dim=(1, 2))
     return first + obs
