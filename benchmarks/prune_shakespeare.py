@@ -50,8 +50,13 @@ HEAD_ABLATIONS = {"head units + uniform start": dict(attn_unit="head", start="un
                   "head units + dense inputs": dict(attn_unit="head", accumulation="none"),
                   "head units + tyr ladder": dict(attn_unit="head", ffn_min_step=32)}
 HEAD_RUNS = {**HEAD_UNITS, **HEAD_ABLATIONS}
+# is the search budget the limit? the present defaults with 4× the generations, or twice the iterations
+BUDGET_RUNS = {"head units + dense inputs, 4x generations": dict(attn_unit="head", accumulation="none",
+                                                                  generations=48),
+               "head units + dense inputs, 8 iterations": dict(attn_unit="head", accumulation="none", iterations=8)}
 # every named variant of the full search ("search <name>"; "default" is plain "search"), for --variants
-VARIANTS = {"default": {}, "accumulation=none": dict(accumulation="none"), **SEARCH_ABLATIONS, **HEAD_RUNS}
+VARIANTS = {"default": {}, "accumulation=none": dict(accumulation="none"), **SEARCH_ABLATIONS, **HEAD_RUNS,
+            **BUDGET_RUNS}
 SEARCH_FIELDS = ("generations", "offspring", "survivors", "stage_windows", "top_k", "prescreen", "resample")
 
 
@@ -288,7 +293,7 @@ def _seed_table(b: Bench, sparsities: list[float]) -> str:
 
     rows = []
     for s in sorted(sparsities):
-        for name in ("search", "search accumulation=none", *(f"search {k}" for k in HEAD_RUNS)):
+        for name in ("search", "search accumulation=none", *(f"search {k}" for k in (*HEAD_RUNS, *BUDGET_RUNS))):
             base = f"{s}/{name}"
             runs = [b.runs[k] for k in b.runs if k == base or k.startswith(base + " seed ")]
             if len(runs) < 2:
@@ -312,7 +317,8 @@ def report(b: Bench, sparsities: list[float]) -> str:
              f"| 0 | dense | {d['ppl_test']:.2f} | {d['ppl_wikitext2']:.1f} | 0 | {d['block_params']:,} | – |"]
     for s in sorted(sparsities):
         for m in ("uniform+solver", "uniform+solver head units", "wanda-sp", "flap", "torch-pruning units",
-                  "torch-pruning official", "search fixed windows", "search", *(f"search {k}" for k in HEAD_RUNS),
+                  "torch-pruning official", "search fixed windows", "search",
+                  *(f"search {k}" for k in (*HEAD_RUNS, *BUDGET_RUNS)),
                   "search accumulation=none",
                   *(f"search {k}" for k in SEARCH_ABLATIONS), "tyr official"):
             r = b.runs.get(f"{s}/{m}")
@@ -348,7 +354,7 @@ def report(b: Bench, sparsities: list[float]) -> str:
                      for k, r in acc.items()))
     full = b.runs.get("0.5/search")
     rows = [(f"{s} {m}", b.runs[f"{s}/{m}"]) for s in sorted(sparsities)
-            for m in ("search", *(f"search {k}" for k in HEAD_RUNS), "search fixed windows",
+            for m in ("search", *(f"search {k}" for k in (*HEAD_RUNS, *BUDGET_RUNS)), "search fixed windows",
                       "search accumulation=none",
                       *(f"search {k}" for k in SEARCH_ABLATIONS)) if f"{s}/{m}" in b.runs]
     rows += [(f"0.5 {k}", b.runs[f"ablation/{v}"]) for k, v in (("uniform start", "search-from-uniform"),

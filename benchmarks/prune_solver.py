@@ -41,7 +41,7 @@ def run(n_in: int, n_out: int, tokens: int = 1024) -> dict:
         t0 = time.time()
         snaps = solver.progressive_prune(W, cov, W, 1, removals, 0.01, 16)
         seconds = time.time() - t0
-    kept = {r: snaps[r].kept_units.numel() for r in removals}
+    kept = {r: snaps[r].kept.numel() for r in removals}
     return {"seconds": round(seconds, 2), "peak_extra_mib": round(peak.extra, 1),
             "hessian_mib": n_in * n_in * 8 / 2**20, "kept": kept}
 

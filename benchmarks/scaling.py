@@ -8,7 +8,8 @@ way `surgery` does (memory-mapped), on the same calibration tokens at every size
 - `apiq`: ApiQ W4 g128, one epoch, LoRA rank 8, with block checkpoints;
 - `apiq_stored`: the same with the quantizer's autograd intermediates kept from the forward pass
   instead of recomputed in the backward (what ApiQ did before; the time/memory trade of the recompute);
-- `prune`: the 25 % supernet build (5 levels) and one search generation (4 offspring).
+- `prune`: the 25 % supernet build (5 levels) and one search generation (4 offspring);
+- `prune_fp32`: the same with the local solver in float32 (`hessian_dtype: float32`).
 Peak memory is anonymous RSS above the process after loading (the mapped weights are file pages),
 sampled every 2 ms; "/ model" divides it by the fp32 weight bytes. The growth exponent of each
 stage is the least-squares slope of log(time) and log(memory) against log(parameters), over the
@@ -41,7 +42,7 @@ SIZES = {  # hidden, layers, heads, kv heads, intermediate
     "200M": (1024, 16, 16, 4, 2816),
     "1B": (2048, 16, 32, 8, 8192),
 }
-STAGES = ("fwd_bwd", "score", "gptq", "apiq", "apiq_stored", "prune")
+STAGES = ("fwd_bwd", "score", "gptq", "apiq", "apiq_stored", "prune", "prune_fp32")
 
 
 def build(folder: Path, size: str) -> int:
@@ -108,10 +109,11 @@ def worker(stage: str, folder: str, windows: int, seqlen: int) -> None:
                 lora._recomputed = lambda fn, *args: fn(*args)
             quantize(model, ApiQConfig(num_bits=4, group_size=128, epochs=1, lora_rank=8), calib=calib,
                      batch_size=4, resume_dir=ckpt, progress=False)
-        elif stage == "prune":
+        elif stage in ("prune", "prune_fp32"):
             # the current defaults: query-head units where KV heads are shared, dense supernet inputs
+            # prune_fp32: the same with the solver in float32 (`hessian_dtype`)
             cfg = PruneConfig(sparsity=0.25, start="uniform", iterations=1, levels=5, search_samples=windows,
-                              batch_size=4,
+                              batch_size=4, hessian_dtype="float32" if stage == "prune_fp32" else "float64",
                               search=SearchConfig(generations=1, offspring=4, stage_windows=[2, windows],
                                                   survivors=[2], top_k=64))
             import surgery.prune.engine as engine
@@ -195,7 +197,7 @@ def main() -> None:
             base = rows[s].get("fwd_bwd", {}).get("seconds")
             ratio = f" ({r['seconds'] / base:.2f}× fwd+bwd)" if stage == "score" and base else ""
             split = f"; supernet {r['supernet_s']} s + 1 generation {r['search_generation_s']} s" \
-                if stage == "prune" else ""
+                if stage.startswith("prune") else ""
             if "supernet_peak_extra_mib" in r:
                 sup = r["supernet_peak_extra_mib"]
                 split += f"; supernet build +{sup:.0f} MiB ({sup / r['weights_mib']:.2f}× model)"

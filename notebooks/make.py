@@ -352,7 +352,7 @@ before.summary()"""),
 The mask is the top 50 % (global) of |Σ ∇ ‖ε − ε_θ(x_t | 0)‖²| over noised images of the digit 0."""),
     ("code", """\
 cfg = UnlearnConfig(method="salun", density=0.5, steps=20 if SMALL else 200, lr=1e-3, batch_size=64,
-                    optimizer="adamw", weight_decay=0.0, alpha=1.0)
+                    optimizer="adamw", weight_decay=0.0, alpha=1.0, relabel="other")
 mask = saliency_mask(model, forget, cfg)
 dens = mask.densities()
 names = [n for n in dens if n.endswith("weight")]

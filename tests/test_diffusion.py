@@ -62,6 +62,8 @@ def test_relabel_and_esd_targets_by_hand():
         eps = lambda m, c: m(x, t, class_labels=c).sample  # noqa: E731
         want = ((eps(model, y) - eps(model, other)) ** 2).mean()
         assert float(relabel_loss(model, batch, gen)) == pytest.approx(float(want), rel=1e-5)
+        nxt = ((eps(model, y) - eps(model, torch.full_like(y, 4))) ** 2).mean()  # the official DDPM code: c + 1
+        assert float(relabel_loss(model, batch, gen, "next")) == pytest.approx(float(nxt), rel=1e-5)
         u, c = eps(frozen, torch.full_like(y, null_class(frozen))), eps(frozen, y)
         target = u - 2.0 * (c - u)
         assert float(esd_loss(model, frozen, batch, 2.0)) == pytest.approx(float(((eps(model, y) - target) ** 2).mean()),
@@ -96,6 +98,20 @@ def test_salun_mask_is_the_top_of_brute_force_gradients_and_only_it_moves(digit_
         assert torch.equal(p[~mask[n]], before[n][~mask[n]]), n  # bit-identical outside the mask
         moved += int((p[mask[n]] != before[n][mask[n]]).sum())
     assert moved > 0.5 * k and result.trainable == k
+
+
+def test_default_relabel_of_a_diffusion_model_is_the_next_class(digit_sets):
+    """`relabel: auto` on a diffusion model is the official DDPM code's pseudo label c + 1: the same
+    weights as `next` after two steps, not those of `other` (c' drawn per image)."""
+    forget, retain = digit_sets
+    after = {}
+    for rule in ("auto", "next", "other"):
+        model = tiny_unet()
+        unlearn(model, UnlearnConfig(method="rl", steps=2, batch_size=32, optimizer="adamw", lr=2e-3, relabel=rule),
+                forget, retain, progress=False)
+        after[rule] = torch.cat([p.detach().flatten() for p in model.parameters()])
+    assert torch.equal(after["auto"], after["next"])
+    assert not torch.equal(after["auto"], after["other"])
 
 
 @pytest.mark.parametrize("method", ["rl", "ga", "ft", "esd", "retrain"])

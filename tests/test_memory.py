@@ -16,9 +16,9 @@ import pytest
 SCRIPT = Path(__file__).resolve().parent / "scripts" / "memory.py"
 
 
-def measure(folder: Path, mode: str, method: str) -> dict:
+def measure(*args: str | Path) -> dict:
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, str(SCRIPT), str(folder), mode, method], capture_output=True, text=True,
+    proc = subprocess.run([sys.executable, str(SCRIPT), *map(str, args)], capture_output=True, text=True,
                           env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -58,3 +58,16 @@ def test_supernet_build_memory_does_not_grow_with_depth(folder, tmp_path):
     assert deeper["blocks"] == 2 * release["blocks"]
     assert deeper["build_peak_extra_mib"] <= release["build_peak_extra_mib"] + block, (deeper, release)
     assert keep["build_peak_extra_mib"] >= release["build_peak_extra_mib"] + 4 * block, (keep, release)
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_pruning_solver_holds_wt_and_the_kept_columns_only(dtype):
+    """With dense inputs the solver's gradient is D·W_denseᵀ, formed by rows from the layer's own weight
+    when used, and a snapshot holds only its kept columns: beyond the Hessian it consumes, its peak is
+    Wᵀ and the five compact snapshots, plus chunk-sized temporaries (16 MiB allowed) — not an in×out
+    float64 gradient nor five full-shape weights (26 MiB more here). In float32 the Hessian and Wᵀ
+    are half the size.
+    Measured (2026-12-01, 2048 × 1024): float64 56.3 MiB (Wᵀ 16 + snapshots 30), float32 43.4 (8 + 30)."""
+    r = measure("solver", 2048, 1024, dtype)
+    assert r["peak_extra_mib"] <= r["wt_mib"] + r["compact_mib"] + 16, r
+    assert r["hessian_mib"] == (32 if dtype == "float64" else 16)

@@ -18,7 +18,7 @@ from surgery.prune import supernet as supernet_module
 from surgery.prune.apply import apply_masked, slice_model
 from surgery.prune.search import Space, mutate
 from surgery.prune.solver import Covariance, Snapshot, damped, gradient, progressive_prune, unit_scores
-from surgery.prune.supernet import Candidate, Supernet
+from surgery.prune.supernet import Supernet
 from surgery.prune.units import SubKey, layout, target_removals
 
 SEARCH = SearchConfig(generations=3, offspring=4, survivors=[2, 1], stage_windows=[2, 4, 8], top_k=16)
@@ -48,11 +48,11 @@ def test_least_squares_resolve_equals_lstsq(unit):
     snaps = progressive_prune(W, cov, W, unit, [0, 1, n_units // 2, n_units - 1], damp=0.0)
     Y = X @ W.t()
     for removed, snap in snaps.items():
-        assert snap.kept_units.numel() == n_units - removed
-        cols = (snap.kept_units.view(-1, 1) * unit + torch.arange(unit)).reshape(-1)
+        assert snap.kept.numel() == n_units - removed
+        cols = (snap.kept.view(-1, 1) * unit + torch.arange(unit)).reshape(-1)
         direct = torch.zeros_like(W)
         direct[:, cols] = torch.linalg.lstsq(X[:, cols], Y).solution.t()
-        torch.testing.assert_close(snap.weight, direct, rtol=1e-8, atol=1e-9)
+        torch.testing.assert_close(snap.full(), direct, rtol=1e-8, atol=1e-9)
 
 
 @pytest.mark.parametrize("heads", [4, 8])
@@ -69,14 +69,14 @@ def test_head_units_reach_every_weight_count_with_least_squares_weights(heads):
     assert sorted(snaps) == list(range(most + 1))
     Y = X @ W.t()
     for count, snap in snaps.items():
-        kept = snap.kept_units
+        kept = snap.kept
         assert heads - kept.numel() + heads // 2 - (kept // 2).unique().numel() == count
         cols = (kept.view(-1, 1) * 3 + torch.arange(3)).reshape(-1)
         direct = torch.zeros_like(W)
         direct[:, cols] = torch.linalg.lstsq(X[:, cols], Y).solution.t()
-        torch.testing.assert_close(snap.weight, direct, rtol=1e-7, atol=1e-8)
+        torch.testing.assert_close(snap.full(), direct, rtol=1e-7, atol=1e-8)
     if heads == 4:
-        assert snaps[3].kept_units.numel() == 2 and (snaps[3].kept_units // 2).unique().numel() == 1
+        assert snaps[3].kept.numel() == 2 and (snaps[3].kept // 2).unique().numel() == 1
 
 
 def test_head_units_budget_is_exact_and_the_sliced_model_holds_it():
@@ -136,7 +136,7 @@ def test_first_order_term_sees_upstream_error():
     assert float(G.abs().max()) > 1e-3  # W is no longer optimal for the perturbed inputs
     snap = progressive_prune(W, cov, W, 1, [0], damp=0.0)[0]  # re-solve on all columns
     direct = torch.linalg.lstsq(noisy, X @ W.t()).solution.t()
-    torch.testing.assert_close(snap.weight, direct, rtol=1e-8, atol=1e-9)
+    torch.testing.assert_close(snap.full(), direct, rtol=1e-8, atol=1e-9)
 
 
 def brute_force_path(X, X_dense, W, unit, removals, rounds):
@@ -182,7 +182,7 @@ def test_progressive_path_equals_the_brute_force_recomputation(unit):
     removals = [n_units // 4, n_units // 2, n_units - 2]
     snaps = progressive_prune(W, cov, W, unit, removals, damp=0.0, rounds=3)
     expected = brute_force_path(noisy, X, W, unit, removals, rounds=3)
-    assert {r: s.kept_units.tolist() for r, s in snaps.items()} == expected
+    assert {r: s.kept.tolist() for r, s in snaps.items()} == expected
 
 
 @pytest.mark.parametrize("unit,group", [(1, 0), (3, 0), (3, 2)])
@@ -203,12 +203,31 @@ def test_dense_inputs_keep_one_matrix_and_give_the_paired_result(unit, group):
     slow = progressive_prune(W, paired, W, unit, removals, damp=0.05, rounds=4, group=group)
     assert shared.H is None and paired.H is None  # the statistics are consumed
     for r in removals:
-        assert fast[r].kept_units.tolist() == slow[r].kept_units.tolist()
-        torch.testing.assert_close(fast[r].weight, slow[r].weight, rtol=1e-9, atol=1e-10)
+        assert fast[r].kept.tolist() == slow[r].kept.tolist()
+        torch.testing.assert_close(fast[r].full(), slow[r].full(), rtol=1e-9, atol=1e-10)
     with pytest.raises(SurgeryError, match="every batch must come with its own dense inputs"):
         shared = Covariance(24)
         shared.add(X, X)
         shared.add(X, X.clone())
+
+
+def test_float32_solver_keeps_the_float64_units_and_weights():
+    """`hessian_dtype: float32` (Týr's and GPTQ's precision, half the memory): the same units at every
+    level as the float64 solver on a well-conditioned layer, and weights within float32 round-off of
+    the path (1e-4 relative)."""
+    X, W = layer_data(5, n=2000, cols=64, out=16)
+    X = X.float()
+    snaps = {}
+    for dtype in (torch.float64, torch.float32):
+        cov = Covariance(64, dtype=dtype)
+        for chunk in X.split(500):
+            cov.add(chunk, chunk)
+        assert cov.H.dtype == dtype
+        snaps[dtype] = progressive_prune(W.float(), cov, W.float(), 2, [4, 8, 16, 24], damp=0.01, rounds=4)
+    for r, s64 in snaps[torch.float64].items():
+        s32 = snaps[torch.float32][r]
+        assert s32.kept.tolist() == s64.kept.tolist(), r
+        torch.testing.assert_close(s32.columns, s64.columns, rtol=1e-4, atol=1e-4 * float(s64.columns.abs().max()))
 
 
 def dense_supernet(model, removed_units, attn_unit="kv_group"):
@@ -225,7 +244,7 @@ def dense_supernet(model, removed_units, attn_unit="kv_group"):
         cols = (gone.view(-1, 1) * s.unit_cols + torch.arange(s.unit_cols)).reshape(-1)
         w[:, cols] = 0
         counts[s.key] = len(gone) + (s.unit_set.count // s.group - (kept // s.group).unique().numel() if s.group else 0)
-        net.candidates[s.key] = {counts[s.key]: Candidate.of(Snapshot(kept, w), s.unit_cols)}
+        net.candidates[s.key] = {counts[s.key]: Snapshot.of(kept, w, s.unit_cols)}
     return ad, net, counts
 
 

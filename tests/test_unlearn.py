@@ -80,6 +80,7 @@ def test_random_labels_never_equal_the_true_label():
     anyr = random_labels(y, 10, torch.Generator().manual_seed(0), "any")  # the official SalUn code's rule
     assert 0.08 < float((anyr == y).float().mean()) < 0.12  # its own label 1/C of the time (measured 0.101)
     assert set(anyr.tolist()) == set(range(10))
+    assert random_labels(y, 10, torch.Generator(), "next").tolist() == ((y + 1) % 10).tolist()
 
 
 def test_mia_efficacy_matches_a_hand_computation():

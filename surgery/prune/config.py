@@ -64,6 +64,9 @@ class PruneConfig:
         search_samples: fitness windows (a disjoint draw; `prune` uses the first this many).
         batch_size / seed: calibration batches; the search's random generator.
         damp: Hessian damping, as a share of its mean diagonal.
+        hessian_dtype: the local solver's precision (its statistics, inverse and path): `float64`
+            (default) or `float32` — Týr's released code and GPTQ's, half the memory of the largest
+            tensor of the supernet build (a wide FFN's Hessian; BENCHMARKS.md › Scale).
         levels: sparsity levels per sub-layer in the supernet (odd; centre ± (levels−1)/2 steps).
         ffn_step: FFN level spacing in iteration 1, as a share of the neurons (halved each
             iteration, never below one step); attention moves one unit per step.
@@ -89,6 +92,7 @@ class PruneConfig:
     batch_size: PosInt = 8
     seed: Int = 0
     damp: Annotated[float, Strict(), Field(ge=0, lt=1)] = 0.01
+    hessian_dtype: Literal["float64", "float32"] = "float64"
     levels: PosInt = 9
     ffn_step: Annotated[float, Strict(), Field(gt=0, le=0.5)] = 0.125
     ffn_min_step: PosInt = 1

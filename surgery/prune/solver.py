@@ -33,10 +33,11 @@ class Covariance:
     """Running H = XᵀX/n and M = XᵀX_dense/n for one projection input (C = M·W_denseᵀ).
 
     When every batch is given with X_dense the very tensor X (dense supernet inputs), M = H and is
-    not kept (`M` stays None): half the products and one in×in matrix fewer."""
+    not kept (`M` stays None): half the products and one in×in matrix fewer. `dtype` is the solver's
+    precision: float64 by default; float32 (Týr's released code, GPTQ) halves the largest tensor."""
 
-    def __init__(self, dim: int, device: torch.device | str = "cpu") -> None:
-        self.H = torch.zeros(dim, dim, dtype=torch.float64, device=device)
+    def __init__(self, dim: int, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float64) -> None:
+        self.H = torch.zeros(dim, dim, dtype=dtype, device=device)
         self.M: torch.Tensor | None = None
         self.n = 0
 
@@ -46,12 +47,12 @@ class Covariance:
             raise SurgeryError("Covariance: every batch must come with its own dense inputs, or none may")
         if paired and self.M is None:
             self.M = torch.zeros_like(self.H)
-        x = x.reshape(-1, x.shape[-1]).to(self.H.device, torch.float64)
+        x = x.reshape(-1, x.shape[-1]).to(self.H.device, self.H.dtype)
         m = x.shape[0]
         scale, alpha = self.n / (self.n + m), 1.0 / (self.n + m)
         self.H.mul_(scale).addmm_(x.t(), x, alpha=alpha)
         if paired:
-            xd = x_dense.reshape(-1, x_dense.shape[-1]).to(self.H.device, torch.float64)
+            xd = x_dense.reshape(-1, x_dense.shape[-1]).to(self.H.device, self.H.dtype)
             self.M.mul_(scale).addmm_(x.t(), xd, alpha=alpha)
         self.n += m
 
@@ -102,26 +103,87 @@ def gradient(Wt: torch.Tensor, H: torch.Tensor, C: torch.Tensor) -> torch.Tensor
     return torch.addmm(C, H, Wt, alpha=1.0, beta=-1.0)
 
 
-def unit_scores(Wt: torch.Tensor, Gt: torch.Tensor, Hinv: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+def unit_scores(Wt: torch.Tensor, Gt: torch.Tensor | Gradient, Hinv: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
     """First-order + OBS saliency of each unit (rows of `cols`: the unit's column indices), from
     Wt = Wᵀ, the gradient Gt = Gᵀ (see `gradient`) and the inverse Hessian of the live columns."""
+    G = Gt if isinstance(Gt, Gradient) else Gradient(Gt)
     if cols.shape[1] == 1:  # one column per unit: per-row sums over all rows, no gathers; a scalar OBS block
         c = cols[:, 0]
-        first = torch.bmm(Gt.unsqueeze(1), Wt.unsqueeze(2)).view(-1)[c].abs()
+        first = G.row_dots(Wt)[c].abs()
         return first + 0.5 * torch.linalg.vector_norm(Wt, dim=1)[c].square() / Hinv.diagonal()[c]
     WP = Wt[cols]  # [U, s, out]
-    first = (Gt[cols] * WP).sum(dim=(1, 2)).abs()
+    first = (G.rows(cols.reshape(-1)).view(WP.shape) * WP).sum(dim=(1, 2)).abs()
     blocks = Hinv[cols.unsqueeze(-1), cols.unsqueeze(-2)]  # [U, s, s]
     obs = 0.5 * (WP * _solve_spd(blocks, WP)).sum(dim=(1, 2))
     return first + obs
 
 
-@dataclass
+@dataclass(frozen=True)
 class Snapshot:
-    """The result at one unit count: kept unit ids (sorted) and the re-solved weight [out, in]."""
+    """The result at one unit count, stored compactly: the kept unit ids (ascending) and only their
+    re-solved columns (a candidate of the supernet is one of these)."""
 
-    kept_units: torch.Tensor
-    weight: torch.Tensor
+    kept: torch.Tensor
+    columns: torch.Tensor  # [out, kept units · unit]
+    shape: tuple[int, int]  # the full weight's [out, in]
+    unit: int  # columns per unit
+
+    @classmethod
+    def of(cls, kept: torch.Tensor, weight: torch.Tensor, unit: int) -> Snapshot:
+        """From a full-shape weight whose other columns are dropped."""
+        return cls(kept, weight[:, unit_columns(kept, unit)].contiguous(), tuple(weight.shape), unit)
+
+    def full(self) -> torch.Tensor:
+        """The full-shape weight (pruned columns zero)."""
+        out = torch.zeros(self.shape, dtype=self.columns.dtype, device=self.columns.device)
+        out[:, unit_columns(self.kept, self.unit).to(out.device)] = self.columns
+        return out
+
+
+def unit_columns(kept: torch.Tensor, unit: int) -> torch.Tensor:
+    """The column indices of units `kept`, `unit` columns each."""
+    return (kept.to(torch.long).view(-1, 1) * unit + torch.arange(unit, device=kept.device)).reshape(-1)
+
+
+class Gradient:
+    """Gᵀ [in, out], constant along the path. Held as a tensor, or — dense inputs from the dense weight —
+    as D·W_denseᵀ formed by rows when used (W_dense is the layer's own weight: no in×out copy). In d's dtype."""
+
+    def __init__(self, Gt: torch.Tensor | None = None, d: torch.Tensor | None = None,
+                 W_dense: torch.Tensor | None = None, chunk: int = 256) -> None:
+        self.Gt, self.d, self.W_dense, self.chunk = Gt, d, W_dense, chunk
+
+    def rows(self, idx: torch.Tensor) -> torch.Tensor:
+        if self.Gt is not None:
+            return self.Gt[idx]
+        return self.d[idx].unsqueeze(1) * self.W_dense[:, idx].t().to(self.d.dtype)
+
+    def row_dots(self, Wt: torch.Tensor) -> torch.Tensor:
+        """⟨G_i, W_i⟩ for every input column i."""
+        if self.Gt is not None:
+            return torch.bmm(self.Gt.unsqueeze(1), Wt.unsqueeze(2)).view(-1)
+        out = torch.empty(Wt.shape[0], dtype=Wt.dtype, device=Wt.device)
+        for i0 in range(0, Wt.shape[0], self.chunk):
+            sl = slice(i0, i0 + self.chunk)
+            out[sl] = (self.W_dense[:, sl].t().to(Wt.dtype) * Wt[sl]).sum(1) * self.d[sl]
+        return out
+
+    def times(self, A: torch.Tensor) -> torch.Tensor:
+        """A·Gᵀ for A [k, in]."""
+        if self.Gt is not None:
+            return A @ self.Gt
+        if self.W_dense.dtype in (torch.float32, torch.float64):  # in W's own precision: the result is stored in it
+            return ((A * self.d).to(self.W_dense.dtype) @ self.W_dense.t()).to(A.dtype)
+        out = torch.zeros(A.shape[0], self.W_dense.shape[0], dtype=A.dtype, device=A.device)
+        for i0 in range(0, A.shape[1], self.chunk):
+            sl = slice(i0, i0 + self.chunk)
+            out.addmm_(A[:, sl] * self.d[sl], self.W_dense[:, sl].t().to(A.dtype))
+        return out
+
+    def tensor(self) -> torch.Tensor:
+        if self.Gt is not None:
+            return self.Gt
+        return self.rows(torch.arange(self.W_dense.shape[1], device=self.W_dense.device))
 
 
 def _weight_units(alive: torch.Tensor, group: int) -> int:
@@ -150,8 +212,8 @@ def _round_picks(order: torch.Tensor, alive: torch.Tensor, group: int, quota: in
     return picks
 
 
-def _dense_t(W_dense: torch.Tensor, device: torch.device) -> torch.Tensor:
-    return W_dense.detach().to(device, torch.float64).t()
+def _dense_t(W_dense: torch.Tensor, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    return W_dense.detach().to(device, dtype).t()
 
 
 def _ls_error(H: torch.Tensor, C: torch.Tensor, keep: torch.Tensor) -> float:
@@ -170,8 +232,8 @@ def progressive_prune(W: torch.Tensor, cov: Covariance, W_dense: torch.Tensor, u
     weight that defines the targets Y. Each step between two requested counts is done in up to
     `rounds` rounds of equal size (the cheapest units of each round go together). The statistics
     are consumed (`cov` is emptied): H is damped and inverted in its own storage and M released
-    once C = M·W_denseᵀ is formed (two in×in matrices fewer at the peak). Snapshot weights come in
-    W's dtype; the path runs in float64.
+    once C = M·W_denseᵀ is formed (two in×in matrices fewer at the peak). Snapshots hold only the kept
+    columns, in W's dtype; the path runs in the statistics' dtype (float64 unless `cov` was made float32).
 
     With `group` > 1 the units are query heads, `group` to a KV head, and a count is in weight
     units: heads removed plus KV heads left without a query (a KV head weighs what a query head
@@ -188,21 +250,21 @@ def progressive_prune(W: torch.Tensor, cov: Covariance, W_dense: torch.Tensor, u
     most = n_units if group <= 1 else n_units + n_units // group - 2  # heads: one head and its KV stay
     if any(r < 0 or r > most for r in removals) or removals != sorted(set(removals)):
         raise SurgeryError(f"unit removals {removals} must be ascending in [0, {most}]")
-    Wt = torch.empty(n_in, W.shape[0], dtype=torch.float64, device=W.device).copy_(W.detach().t())
     H, M = cov.H.to(W.device), cov.M
+    Wt = torch.empty(n_in, W.shape[0], dtype=H.dtype, device=W.device).copy_(W.detach().t())
     cov.H = cov.M = None
     C: torch.Tensor | None = None
     if M is None and (W is W_dense or torch.equal(W, W_dense)):
         # dense inputs from the dense weight: C = H·Wᵀ, so G = (H + D)·Wᵀ − C = D·Wᵀ, D the damping
         undamped = H.diagonal().clone()
         damp_(H, damp)
-        Gt = (H.diagonal() - undamped).unsqueeze(1) * Wt
+        G = Gradient(d=H.diagonal() - undamped, W_dense=W_dense.detach())
         del undamped
     else:
-        C = (H if M is None else M.to(W.device, torch.float64)) @ _dense_t(W_dense, W.device)  # XᵀY [in, out]
+        C = (H if M is None else M.to(W.device)) @ _dense_t(W_dense, W.device, H.dtype)  # XᵀY [in, out]
         del M
         damp_(H, damp)
-        Gt = gradient(Wt, H, C)  # constant on the live columns along the path (module docstring)
+        G = Gradient(gradient(Wt, H, C))  # constant on the live columns along the path (module docstring)
     # H itself is needed later only by the give-back path of query-head units; else it becomes H⁻¹
     Hinv = _inv(H) if group > 1 else inverse_(H, "pruning solver: the damped Hessian")
     if group <= 1:
@@ -226,21 +288,23 @@ def progressive_prune(W: torch.Tensor, cov: Covariance, W_dense: torch.Tensor, u
     def targets() -> torch.Tensor:  # C, formed when first needed: C = H·W_denseᵀ − G with dense inputs
         nonlocal C
         if C is None:
-            C = torch.addmm(Gt, H, _dense_t(W_dense, W.device), beta=-1.0)
+            C = torch.addmm(G.tensor(), H, _dense_t(W_dense, W.device, H.dtype), beta=-1.0)
         return C
 
     def snapshot(keep_units: torch.Tensor) -> Snapshot:
-        return Snapshot(keep_units, least_squares(H, targets(), cols[keep_units.to(Wt.device)].reshape(-1)).to(W.dtype))
+        K = cols[keep_units.to(Wt.device)].reshape(-1)
+        return Snapshot.of(keep_units, least_squares(H, targets(), K).to(W.dtype), unit_size)
 
-    def path_snapshot(keep_units: torch.Tensor, chunk: int = 1024) -> Snapshot:
+    def path_snapshot(keep_units: torch.Tensor, chunk: int = 128) -> Snapshot:
         """The least-squares solution on the live columns K in one Newton step from the path:
         W_K − G_K·H_KK⁻¹ (G_K is the gradient there, H⁻¹ is already H_KK⁻¹, zero off K) — products
-        over row chunks, no solve and no |K|² gather."""
+        over row chunks, no solve and no |K|² gather; only K's columns are written."""
         K = cols[keep_units.to(Wt.device)].reshape(-1)
-        weight = torch.zeros(W.shape, dtype=W.dtype, device=W.device)
-        for Kb in K.split(chunk):
-            weight[:, Kb] = torch.addmm(Wt[Kb], Hinv[Kb], Gt, alpha=-1.0).t().to(W.dtype)
-        return Snapshot(keep_units, weight)
+        columns = torch.empty(W.shape[0], K.numel(), dtype=W.dtype, device=W.device)
+        for k0 in range(0, K.numel(), chunk):
+            Kb = K[k0:k0 + chunk]
+            columns[:, k0:k0 + Kb.numel()] = (Wt[Kb] - G.times(Hinv[Kb])).t()
+        return Snapshot(keep_units, columns, tuple(W.shape), unit_size)
 
     for target in removals:
         todo = target - removed
@@ -248,7 +312,7 @@ def progressive_prune(W: torch.Tensor, cov: Covariance, W_dense: torch.Tensor, u
         restored = None
         while removed < target:
             idx = torch.nonzero(alive).flatten()
-            order = idx[torch.argsort(unit_scores(Wt, Gt, Hinv, cols[idx.to(Wt.device)]).cpu(), stable=True)]
+            order = idx[torch.argsort(unit_scores(Wt, G, Hinv, cols[idx.to(Wt.device)]).cpu(), stable=True)]
             picks = _round_picks(order, alive, group, min(per_round, target - removed))
             if not picks:  # one unit due, only last-of-group heads left: overshoot, then return one head
                 before = alive.clone()

@@ -19,7 +19,7 @@ from surgery import dist
 from surgery.checkpoint import Checkpoint
 from surgery.models.adapters import DecoderAdapter
 from surgery.models.blockwise import BlockInputs, block_forward
-from surgery.prune.solver import Covariance, Snapshot, progressive_prune
+from surgery.prune.solver import Covariance, Snapshot, progressive_prune, unit_columns
 from surgery.prune.units import KINDS, Dist, Layout, SubKey
 
 
@@ -30,28 +30,11 @@ def level_set(centre: int, step: int, levels: int, units: int, min_units: int) -
     return sorted(v for v in vals if 0 <= v <= units - min_units)
 
 
-@dataclass(frozen=True)
-class Candidate:
-    """One level of one sub-layer, stored compactly: the kept units and only their columns."""
-
-    kept: torch.Tensor  # unit ids, ascending
-    columns: torch.Tensor  # [out, kept units · unit] — the re-solved weights of the kept columns
-    shape: tuple[int, int]
-    unit: int  # columns per unit
-
-    @classmethod
-    def of(cls, snap: Snapshot, unit: int) -> Candidate:
-        cols = _cols(snap.kept_units, unit)
-        return cls(snap.kept_units, snap.weight[:, cols].to(torch.float32).contiguous(), tuple(snap.weight.shape), unit)
-
-    def full(self) -> torch.Tensor:
-        out = torch.zeros(self.shape, dtype=self.columns.dtype)
-        out[:, _cols(self.kept, self.unit)] = self.columns
-        return out
+Candidate = Snapshot  # one level of one sub-layer: the kept units and only their columns, in float32
 
 
-def _cols(kept: torch.Tensor, unit: int) -> torch.Tensor:
-    return (kept.to(torch.long).view(-1, 1) * unit + torch.arange(unit)).reshape(-1)
+def _candidate(snap: Snapshot) -> Candidate:
+    return Candidate(snap.kept, snap.columns.to(torch.float32).contiguous(), snap.shape, snap.unit)
 
 
 @dataclass
@@ -92,12 +75,13 @@ def _propagation_weight(snaps: dict[int, Snapshot], centre: int, units: int, mod
     if mode == "none":
         return dense
     if mode == "centre":
-        return snaps[centre].weight.to(dense.dtype)
+        return snaps[centre].full().to(dense.dtype)
     weights = {r: 1.0 - r / units for r in snaps}  # head units: r and units count KV heads too
     total = sum(weights.values())
-    out = torch.zeros_like(snaps[centre].weight)
+    out = torch.zeros(dense.shape, dtype=snaps[centre].columns.dtype, device=dense.device)
     for r, w in weights.items():
-        out += (w / total) * snaps[r].weight
+        s = snaps[r]
+        out[:, unit_columns(s.kept, s.unit).to(out.device)] += (w / total) * s.columns
     return out.to(dense.dtype)
 
 
@@ -125,7 +109,7 @@ def _unpack(tensors: dict[str, torch.Tensor]) -> dict[SubKey, dict[int, Candidat
 
 def build_supernet(adapter: DecoderAdapter, lay: Layout, levels: dict[SubKey, list[int]], centres: Dist,
                    inputs: BlockInputs, mode: str, damp: float, rounds: int, ckpt: Checkpoint | None = None,
-                   progress: bool = False) -> Supernet:
+                   progress: bool = False, dtype: torch.dtype = torch.float64) -> Supernet:
     """Solve every sub-layer at its levels, block by block, propagating inputs by `mode`."""
     net = Supernet()
     dense_in, acc_in = list(inputs.hidden), list(inputs.hidden)
@@ -155,16 +139,16 @@ def build_supernet(adapter: DecoderAdapter, lay: Layout, levels: dict[SubKey, li
             for sub in mine:  # attention first: the FFN sees the propagated attention
                 kind = sub.key.kind
                 proj, W = projs[kind], dense_w[kind]
-                cov = Covariance(proj.in_features, proj.weight.device)
+                cov = Covariance(proj.in_features, proj.weight.device, dtype)
                 for j, (h, kw) in enumerate(zip(acc_in, kwargs)):
                     x = dense_x[kind][j] if mode == "none" else _capture(block, {kind: proj}, h, kw)[0][kind]
                     cov.add(x, dense_x[kind][j])
+                del dense_x[kind]  # the statistics hold all the solver needs of these inputs
                 cov.n = dist.merge_means_(cov.means, cov.n)
                 snaps = progressive_prune(W, cov, W, sub.unit_cols, levels[sub.key], damp, rounds, sub.group)
                 with torch.no_grad():
                     proj.weight.data = _propagation_weight(snaps, centres[sub.key], sub.units, mode, W)
-                # one full-shape snapshot at a time becomes a compact candidate
-                cands[sub.key] = {r: Candidate.of(snaps.pop(r), sub.unit_cols) for r in sorted(snaps)}
+                cands[sub.key] = {r: _candidate(snaps.pop(r)) for r in sorted(snaps)}
             if mode == "none":
                 acc_in = dense_out
             else:

@@ -29,9 +29,13 @@ class UnlearnConfig:
             `global` or per `tensor`, over the parameters the regexes select.
         epochs / lr / batch_size / optimizer (`sgd` | `adamw`) / momentum / weight_decay.
         alpha: weight of the retain loss (RL, GradDiff, NPO).
-        relabel: the random labels of RL / SalUn on a classifier's forget set — `other` (uniform over
-            the classes but the true one) or `any` (uniform over all classes, the true one included:
-            the official SalUn code's CIFAR-10 rule, under which a 1/C share is trained on its own label).
+        relabel: the labels RL / SalUn give the forget set (a classifier's targets, a diffusion model's
+            condition for the detached target prediction) — `other` (uniform over the classes but the
+            true one), `any` (uniform over all classes, the true one included: the official SalUn
+            code's CIFAR-10 rule, under which a 1/C share is trained on its own label) or `next` (the
+            class after the true one, fixed: the official SalUn DDPM code's pseudo label). `auto`:
+            `other` for classifiers, `next` for diffusion models — the better forgetter of each in
+            BENCHMARKS.md.
         schedule: `sequential` (a forget pass then a retain pass per epoch, the official code) or
             `joint` (forget loss + α·retain loss on paired batches).
         l1: the ℓ1-sparse coefficient (decays linearly to 0 over the epochs).
@@ -58,7 +62,7 @@ class UnlearnConfig:
     momentum: NonNegFloat = 0.9
     weight_decay: NonNegFloat = 5e-4
     alpha: NonNegFloat = 1.0
-    relabel: Literal["other", "any"] = "other"
+    relabel: Literal["auto", "other", "any", "next"] = "auto"
     schedule: Literal["sequential", "joint"] = "sequential"
     l1: NonNegFloat = 5e-4
     beta: PosFloat = 0.1

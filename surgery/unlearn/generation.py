@@ -2,8 +2,9 @@
 
 Methods (`UnlearnConfig.method`), each step one forget batch and/or one retain batch:
 - `salun` / `rl`: the random-label analogue — the noise prediction for the forget images under
-  their own class is pulled to the (detached) prediction under another class c' ≠ c, drawn per
-  image, plus α × the retain diffusion loss; `salun` moves only the saliency mask's weights.
+  their own class is pulled to the (detached) prediction under another class c' (`relabel`: c + 1
+  for all by default, as the official DDPM code; `other`: drawn per image, c' ≠ c), plus α × the
+  retain diffusion loss; `salun` moves only the saliency mask's weights.
 - `ga`: −(forget diffusion loss) + α × retain loss.  `ft`: the retain loss alone.
 - `esd`: ESD's negative guidance — ε_θ(x_t | c) is pulled to ε₀(x_t | ∅) − η·(ε₀(x_t | c) − ε₀(x_t | ∅))
   of the frozen original (η = `negative_guidance`); x_t are the forget images noised (ESD draws
@@ -60,9 +61,11 @@ def diffusion_saliency_mask(model: nn.Module, forget: ImageSet, cfg: UnlearnConf
     return smap.mask(cfg.density, cfg.scope)
 
 
-def relabel_loss(model: nn.Module, batch: dict[str, torch.Tensor], gen: torch.Generator) -> torch.Tensor:
-    """‖ε_θ(x_t | c) − sg[ε_θ(x_t | c')]‖² with c' ≠ c drawn per image (SalUn's generation objective)."""
-    other = random_labels(batch["labels"], num_classes(model), gen).to(batch["labels"].device)
+def relabel_loss(model: nn.Module, batch: dict[str, torch.Tensor], gen: torch.Generator,
+                 rule: str = "other") -> torch.Tensor:
+    """‖ε_θ(x_t | c) − sg[ε_θ(x_t | c')]‖² with c' from `random_labels` (`rule`: by default c' ≠ c drawn
+    per image; `next`: c + 1, the official DDPM code) — SalUn's generation objective."""
+    other = random_labels(batch["labels"], num_classes(model), gen, rule).to(batch["labels"].device)
     with torch.no_grad():
         target = predict(model, batch["noisy"], batch["timesteps"], other).float()
     return F.mse_loss(predict(model, batch["noisy"], batch["timesteps"], batch["labels"]).float(), target)
@@ -126,7 +129,7 @@ def unlearn_class(model: nn.Module, cfg: UnlearnConfig, forget: ImageSet, retain
             if cfg.method != "ft":
                 fb = _to(next(forget_batches), device)
                 if cfg.method in ("salun", "rl"):
-                    forget_loss = relabel_loss(model, fb, gen)
+                    forget_loss = relabel_loss(model, fb, gen, "next" if cfg.relabel == "auto" else cfg.relabel)
                 elif cfg.method == "ga":
                     forget_loss = -diffusion_loss(model, fb)
                 else:

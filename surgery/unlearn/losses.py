@@ -9,8 +9,11 @@ from surgery.saliency.losses import IGNORE_INDEX, causal_lm_loss, token_nll
 
 
 def random_labels(y: torch.Tensor, num_classes: int, gen: torch.Generator, rule: str = "other") -> torch.Tensor:
-    """A label drawn uniformly from the classes other than the true one (`other`: y' ≠ y, always) or
-    from all classes (`any`: y' = y with probability 1/C)."""
+    """A label drawn uniformly from the classes other than the true one (`other`: y' ≠ y, always), from
+    all classes (`any`: y' = y with probability 1/C), or the next class (`next`: y' = y + 1 mod C, fixed;
+    the official SalUn DDPM code's pseudo label)."""
+    if rule == "next":
+        return (y + 1) % num_classes
     if rule == "any":
         return torch.randint(0, num_classes, y.shape, generator=gen).to(y.device)
     shift = torch.randint(1, num_classes, y.shape, generator=gen).to(y.device)
