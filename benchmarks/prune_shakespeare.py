@@ -53,7 +53,12 @@ HEAD_RUNS = {**HEAD_UNITS, **HEAD_ABLATIONS}
 # is the search budget the limit? the present defaults with 4× the generations, or twice the iterations
 BUDGET_RUNS = {"head units + dense inputs, 4x generations": dict(attn_unit="head", accumulation="none",
                                                                   generations=48),
-               "head units + dense inputs, 8 iterations": dict(attn_unit="head", accumulation="none", iterations=8)}
+               "head units + dense inputs, 8 iterations": dict(attn_unit="head", accumulation="none", iterations=8),
+               # or the fitness too noisy? four times the fitness windows at every selection stage
+               "head units + dense inputs, 4x fitness windows": dict(attn_unit="head", accumulation="none",
+                                                                     search_samples=256, stage_windows=[8, 32, 128]),
+               "head units + dense inputs, 8x fitness windows": dict(attn_unit="head", accumulation="none",
+                                                                     search_samples=512, stage_windows=[16, 64, 256])}
 # every named variant of the full search ("search <name>"; "default" is plain "search"), for --variants
 VARIANTS = {"default": {}, "accumulation=none": dict(accumulation="none"), **SEARCH_ABLATIONS, **HEAD_RUNS,
             **BUDGET_RUNS}
@@ -69,7 +74,7 @@ def prune_config(sparsity: float, **kw) -> PruneConfig:
 
 class Bench:
     def __init__(self, out: Path, model: str = "shakespeare-lm", max_windows: int | None = None,
-                 calib: list[str] | None = None) -> None:
+                 calib: list[str] | None = None, search_pool: int = 64) -> None:
         self.out = out
         self.runs: dict = json.loads(out.read_text())["runs"] if out.exists() else {}
         _, calib_text, sets, _ = MODELS[model]
@@ -79,7 +84,7 @@ class Bench:
         _, tok = load_model(self.path)
         train = [tokenize(tok, read_text(src)) for src in self.calib_sources]
         self.calib = mixed_calib_windows(train, 64, SEQLEN, seed=0)
-        self.search = mixed_calib_windows(train, 64, SEQLEN, seed=1)
+        self.search = mixed_calib_windows(train, search_pool, SEQLEN, seed=1)
         self.sets = {k: eval_windows(tokenize(tok, read_text(v)), SEQLEN, max_windows) for k, v in sets.items()}
         self.dense = self.fresh()
         self.vocab = self.dense.config.vocab_size
@@ -128,6 +133,9 @@ class Bench:
                                   "seconds": result.iterations[-1]["seconds"]})
 
         cfg = prune_config(sparsity, **kw)
+        if len(self.search) < cfg.search_samples:
+            raise SystemExit(f"{key}: needs {cfg.search_samples} fitness windows; run with --search-pool "
+                             f"{cfg.search_samples}")
         t = time.time()
         result = prune(model, cfg, self.calib, self.search, progress=False, on_iteration=each)
         seconds = time.time() - t
@@ -214,6 +222,8 @@ def main() -> None:
     ap.add_argument("--max-windows", type=int, help="cap on evaluation windows per text")
     ap.add_argument("--no-ablations", action="store_true", help="skip the 50 % ablations")
     ap.add_argument("--calib", nargs="+", help="calibration and fitness texts, drawn evenly (default: the model's)")
+    ap.add_argument("--search-pool", type=int, default=64,
+                    help="fitness windows drawn (the rows so far: 64; the '4x / 8x fitness windows' variants: 256 / 512)")
     ap.add_argument("--fixed-windows", action="store_true",
                     help="also run the search on fixed fitness windows (resample: false) at every sparsity")
     ap.add_argument("--out", help="results JSON (default: results/prune_<model>.json)")
@@ -242,7 +252,7 @@ def main() -> None:
         ap.error("--tyr-at needs --tyr CLONE")
     torch.manual_seed(0)
     default = "prune_shakespeare.json" if args.model == "shakespeare-lm" else f"prune_{args.model}.json"
-    b = Bench(Path(args.out or RESULTS / default), args.model, args.max_windows, args.calib)
+    b = Bench(Path(args.out or RESULTS / default), args.model, args.max_windows, args.calib, args.search_pool)
     if "dense" not in b.runs:
         b.record("dense", b.evaluate(b.dense))
     if not args.table_only:
