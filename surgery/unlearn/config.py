@@ -72,6 +72,12 @@ class UnlearnConfig:
     negative_guidance: PosFloat = 1.0
     seed: Int = 0
 
+    def relabel_rule(self, diffusion: bool) -> str:
+        """`relabel` with `auto` resolved: `next` for diffusion models, `other` for classifiers."""
+        if self.relabel != "auto":
+            return self.relabel
+        return "next" if diffusion else "other"
+
     @property
     def masked(self) -> bool:
         return self.method in MASKED_BY_DEFAULT if self.use_mask is None else bool(self.use_mask)

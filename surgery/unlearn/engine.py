@@ -94,7 +94,7 @@ def _classifier_epoch(model: nn.Module, opt, cfg: UnlearnConfig, forget: ImageSe
         """(x, y, weight) of this rank's rows; random labels are drawn for the whole batch."""
         for x, y in data.loader(cfg.batch_size, shuffle=True, seed=s, augment=cfg.augment):
             if relabel:
-                y = losses.random_labels(y, num_classes, gen, "other" if cfg.relabel == "auto" else cfg.relabel)
+                y = losses.random_labels(y, num_classes, gen, cfg.relabel_rule(diffusion=False))
             rows, w = dist.local_rows(x.shape[0])
             yield x[rows].to(device), y[rows].to(device), w
 

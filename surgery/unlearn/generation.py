@@ -129,7 +129,7 @@ def unlearn_class(model: nn.Module, cfg: UnlearnConfig, forget: ImageSet, retain
             if cfg.method != "ft":
                 fb = _to(next(forget_batches), device)
                 if cfg.method in ("salun", "rl"):
-                    forget_loss = relabel_loss(model, fb, gen, "next" if cfg.relabel == "auto" else cfg.relabel)
+                    forget_loss = relabel_loss(model, fb, gen, cfg.relabel_rule(diffusion=True))
                 elif cfg.method == "ga":
                     forget_loss = -diffusion_loss(model, fb)
                 else:
