@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import datetime as _dt
+import fcntl
 import json
+import os
 import platform
 import resource
 import subprocess
@@ -67,6 +69,18 @@ def run_child(script: str, *args: str) -> dict[str, Any]:
     """Run `script` in a fresh interpreter (a clean peak-memory reading); it prints one JSON line."""
     out = subprocess.run([sys.executable, script, *args], capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def add_runs(out: Path, runs: dict[str, Any], header: dict[str, Any]) -> dict[str, Any]:
+    """Merge `runs` into the results file `out` under an exclusive lock and replace it atomically, so that
+    processes adding runs to one file side by side never drop each other's; returns the merged runs."""
+    with open(out.with_name(out.name + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        merged = {**(json.loads(out.read_text())["runs"] if out.exists() else {}), **runs}
+        tmp = out.with_name(out.name + ".tmp")
+        tmp.write_text(json.dumps({**header, "runs": merged}, indent=2, default=str))
+        os.replace(tmp, out)
+    return merged
 
 
 def save(name: str, payload: dict[str, Any], table: str) -> None:

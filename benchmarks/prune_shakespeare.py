@@ -21,7 +21,8 @@ from pathlib import Path
 
 import torch
 
-from _common import MODELS, RESULTS, model_path, stamp
+from _common import MODELS, RESULTS, add_runs, model_path, stamp
+from _prune_report import report
 
 from surgery.data import read_text
 from surgery.data.windows import eval_windows, mixed_calib_windows, tokenize
@@ -58,7 +59,17 @@ BUDGET_RUNS = {"head units + dense inputs, 4x generations": dict(attn_unit="head
                "head units + dense inputs, 4x fitness windows": dict(attn_unit="head", accumulation="none",
                                                                      search_samples=256, stage_windows=[8, 32, 128]),
                "head units + dense inputs, 8x fitness windows": dict(attn_unit="head", accumulation="none",
-                                                                     search_samples=512, stage_windows=[16, 64, 256])}
+                                                                     search_samples=512, stage_windows=[16, 64, 256]),
+               # the pool alone: the default selection stages (2 / 8 / 32 windows) drawn from a larger pool
+               "head units + dense inputs, 8x fitness pool": dict(attn_unit="head", accumulation="none",
+                                                                  search_samples=512),
+               # Týr's released selection (128 offspring, survivors 16 / 4, 2,048 / 16,384 / 131,072 tokens
+               # = 8 / 64 / 512 windows of 256) at our 12 generations per iteration
+               "head units + dense inputs, Tyr's selection": dict(attn_unit="head", accumulation="none",
+                                                                  search_samples=512, offspring=128,
+                                                                  survivors=[16, 4], stage_windows=[8, 64, 512]),
+               # the solver fitted less closely to the calibration text (damping chosen from --uniform-damps)
+               "head units + dense inputs, damp 0.03": dict(attn_unit="head", accumulation="none", damp=0.03)}
 # every named variant of the full search ("search <name>"; "default" is plain "search"), for --variants
 VARIANTS = {"default": {}, "accumulation=none": dict(accumulation="none"), **SEARCH_ABLATIONS, **HEAD_RUNS,
             **BUDGET_RUNS}
@@ -100,11 +111,10 @@ class Bench:
         return out
 
     def record(self, key: str, row: dict) -> None:
-        if self.out.exists():  # runs another process wrote meanwhile (two 1-thread processes on one file)
-            self.runs = {**json.loads(self.out.read_text())["runs"], **self.runs}
-        self.runs[key] = row
-        self.out.write_text(json.dumps({**stamp(), "model": self.model_name, "max_windows": self.max_windows,
-                                        "calibration": self.calib_sources, "runs": self.runs}, indent=2, default=str))
+        self.runs[key] = row  # with the runs other processes added to the file meanwhile
+        self.runs = add_runs(self.out, self.runs, {**stamp(), "model": self.model_name,
+                                                   "max_windows": self.max_windows,
+                                                   "calibration": self.calib_sources})
         short = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()
                  if k not in ("per_layer", "iterations", "history")}
         print(f"{key}: {json.dumps(short, default=str)}", flush=True)
@@ -185,7 +195,7 @@ class Bench:
         self.record(key, {**self.evaluate(model), "seconds": seconds, "version": version, **notes})
 
 
-    def tyr(self, key: str, clone: str, sparsity: float) -> None:
+    def tyr(self, key: str, clone: str, sparsity: float, seed: int = 0) -> None:
         """Týr's own supernet + search (benchmarks/peers/tyr_official.py) with our calibration, fitness
         windows, search budget and top-k; its result composed into a fresh model and measured here."""
         if key in self.runs:
@@ -199,7 +209,7 @@ class Bench:
             res = run_tyr(self.path, clone, sparsity, self.calib, self.search, self.sets["test"][:8],
                           iterations=SEARCH["iterations"], generations=cfg.generations, offspring=cfg.offspring,
                           stage_tokens=tuple(w * SEQLEN for w in cfg.stage_windows), survivors=(*cfg.survivors, 1),
-                          kl_topk=min(cfg.top_k, self.vocab))
+                          kl_topk=min(cfg.top_k, self.vocab), seed=seed)
         seconds = time.time() - t
         model = self.fresh()
         compose(model, res["weights"])
@@ -215,6 +225,41 @@ def _removed(model: torch.nn.Module, counts: dict) -> int:
     return lay.removed_params(counts)
 
 
+def _method_runs(b: Bench, s: float, args: argparse.Namespace) -> None:
+    """Every run at sparsity `s` but the seeded search variants (all skipped when already in the JSON)."""
+    b.ours(f"{s}/uniform+solver", s, start="uniform", iterations=0)
+    b.baseline(f"{s}/wanda-sp", wanda_sp, s)
+    b.baseline(f"{s}/flap", flap, s)
+    b.ours(f"{s}/search", s, speed=True)
+    if args.fixed_windows:
+        b.ours(f"{s}/search fixed windows", s, resample=False)
+    # ablations at 50 %; expectation accumulation is the uniform+solver run above
+    if s == 0.5 and not args.no_ablations:
+        for mode in ("none", "centre"):
+            b.ours(f"ablation/accumulation={mode}", 0.5, start="uniform", iterations=0,
+                   accumulation=mode)
+        # start and pre-screen ablations: the first ABLATION_ITERATIONS iterations (CPU time), to
+        # set beside the same iterations of the full saliency-started search
+        b.ours("ablation/search-from-uniform", 0.5, start="uniform", iterations=ABLATION_ITERATIONS)
+        b.ours("ablation/search-saliency-prescreen", 0.5, prescreen=0.5,
+               iterations=ABLATION_ITERATIONS)
+    if args.tyr:
+        b.tyr(f"{s}/tyr official", args.tyr, s)
+    if args.search_dense_inputs:  # as Týr's released code builds its supernet (peers/tyr_official.py)
+        b.ours(f"{s}/search accumulation=none", s, accumulation="none")
+    if args.search_ablations:  # Týr's choices, one at a time, in our full search
+        for name, kw in SEARCH_ABLATIONS.items():
+            b.ours(f"{s}/search {name}", s, **kw)
+    for damp in args.uniform_damps:  # the solver's Hessian damping: fit to the calibration text vs generality
+        b.ours(f"{s}/uniform+solver head units + dense inputs, damp {damp}", s, start="uniform", iterations=0,
+               attn_unit="head", accumulation="none", damp=damp)
+    if args.head_units:
+        b.ours(f"{s}/uniform+solver head units", s, start="uniform", iterations=0, attn_unit="head")
+        # the present defaults' own uniform model: what their search is measured against
+        b.ours(f"{s}/uniform+solver head units + dense inputs", s, start="uniform", iterations=0, attn_unit="head",
+               accumulation="none")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(allow_abbrev=False)
     ap.add_argument("--model", default="shakespeare-lm", choices=list(MODELS))
@@ -223,7 +268,8 @@ def main() -> None:
     ap.add_argument("--no-ablations", action="store_true", help="skip the 50 % ablations")
     ap.add_argument("--calib", nargs="+", help="calibration and fitness texts, drawn evenly (default: the model's)")
     ap.add_argument("--search-pool", type=int, default=64,
-                    help="fitness windows drawn (the rows so far: 64; the '4x / 8x fitness windows' variants: 256 / 512)")
+                    help="fitness windows drawn (the rows so far: 64; the '4x / 8x fitness windows' variants: "
+                         "256 / 512)")
     ap.add_argument("--fixed-windows", action="store_true",
                     help="also run the search on fixed fitness windows (resample: false) at every sparsity")
     ap.add_argument("--out", help="results JSON (default: results/prune_<model>.json)")
@@ -235,6 +281,8 @@ def main() -> None:
                     help="also the full search with accumulation=none (supernet inputs from the dense model)")
     ap.add_argument("--tyr-at", type=float, nargs="+", default=[], metavar="S",
                     help="with --tyr: its code alone at these sparsities too (to match our weight count)")
+    ap.add_argument("--tyr-seeds", type=int, nargs="+", default=[0], metavar="N",
+                    help="with --tyr-at: its search's --seed (one run per seed and sparsity)")
     ap.add_argument("--search-ablations", action="store_true",
                     help="our full search with one of Týr's choices each: its uniform start, its 32-neuron "
                          "floor on the FFN ladder")
@@ -246,150 +294,47 @@ def main() -> None:
                     help="search seeds for the query-head runs and --variants (seed s > 0 adds ' seed s' to the name)")
     ap.add_argument("--variants", nargs="+", default=[], choices=list(VARIANTS),
                     help="full-search variants to run at every sparsity and seed")
+    ap.add_argument("--oracle-fitness", action="store_true",
+                    help="run --variants with the fitness drawn from all the held-out in-domain test windows "
+                         "(' oracle fitness' in the name): a bound on what a search over this supernet can "
+                         "reach in domain, not a method")
+    ap.add_argument("--uniform-damps", type=float, nargs="+", default=[], metavar="D",
+                    help="also uniform+solver (query heads, dense inputs) with these Hessian dampings")
     ap.add_argument("--table-only", action="store_true", help="print the tables from the JSON; run nothing")
     args = ap.parse_args()
     if args.tyr_at and not args.tyr:
         ap.error("--tyr-at needs --tyr CLONE")
+    if args.oracle_fitness and (not args.variants or args.tyr or args.torch_pruning):
+        ap.error("--oracle-fitness runs --variants only (no --tyr, no --torch-pruning)")
     torch.manual_seed(0)
     default = "prune_shakespeare.json" if args.model == "shakespeare-lm" else f"prune_{args.model}.json"
     b = Bench(Path(args.out or RESULTS / default), args.model, args.max_windows, args.calib, args.search_pool)
+    if args.oracle_fitness:  # every held-out test window is a fitness window
+        b.search = b.sets["test"]
     if "dense" not in b.runs:
         b.record("dense", b.evaluate(b.dense))
     if not args.table_only:
         for s in args.sparsities:
-            b.ours(f"{s}/uniform+solver", s, start="uniform", iterations=0)
-            b.baseline(f"{s}/wanda-sp", wanda_sp, s)
-            b.baseline(f"{s}/flap", flap, s)
-            b.ours(f"{s}/search", s, speed=True)
-            if args.fixed_windows:
-                b.ours(f"{s}/search fixed windows", s, resample=False)
-            if s == 0.5 and not args.no_ablations:  # ablations at 50 %; expectation accumulation is the uniform+solver run above
-                for mode in ("none", "centre"):
-                    b.ours(f"ablation/accumulation={mode}", 0.5, start="uniform", iterations=0,
-                           accumulation=mode)
-                # start and pre-screen ablations: the first ABLATION_ITERATIONS iterations (CPU time), to
-                # set beside the same iterations of the full saliency-started search
-                b.ours("ablation/search-from-uniform", 0.5, start="uniform", iterations=ABLATION_ITERATIONS)
-                b.ours("ablation/search-saliency-prescreen", 0.5, prescreen=0.5,
-                       iterations=ABLATION_ITERATIONS)
-            if args.tyr:
-                b.tyr(f"{s}/tyr official", args.tyr, s)
-            if args.search_dense_inputs:  # as Týr's released code builds its supernet (peers/tyr_official.py)
-                b.ours(f"{s}/search accumulation=none", s, accumulation="none")
-            if args.search_ablations:  # Týr's choices, one at a time, in our full search
-                for name, kw in SEARCH_ABLATIONS.items():
-                    b.ours(f"{s}/search {name}", s, **kw)
-            if args.head_units:
-                b.ours(f"{s}/uniform+solver head units", s, start="uniform", iterations=0, attn_unit="head")
+            if not args.oracle_fitness:  # only the variants run on test-text fitness
+                _method_runs(b, s, args)
             runs = {**(HEAD_UNITS if args.head_units else {}), **(HEAD_ABLATIONS if args.head_ablations else {}),
                     **{v: VARIANTS[v] for v in args.variants}}
             for seed in args.seeds:
                 for name, kw in runs.items():
-                    key = f"{s}/search" + ("" if name == "default" else f" {name}") + (f" seed {seed}" if seed else "")
-                    b.ours(key, s, seed=seed, **kw)
+                    key = (f"{s}/search" + ("" if name == "default" else f" {name}")
+                           + (" oracle fitness" if args.oracle_fitness else "") + (f" seed {seed}" if seed else ""))
+                    b.ours(key, s, seed=seed, **(dict(kw, search_samples=len(b.search)) if args.oracle_fitness else kw))
             if args.torch_pruning:
                 for setting in ("units", "official"):
                     b.torch_pruning(f"{s}/torch-pruning {setting}", args.torch_pruning, s, setting)
         for x in args.tyr_at:
-            b.tyr(f"matched/tyr official at {x}", args.tyr, x)
-    text = report(b, args.sparsities)
+            for seed in args.tyr_seeds:
+                b.tyr(f"matched/tyr official at {x}" + (f" seed {seed}" if seed else ""), args.tyr, x, seed)
+    variants = [*HEAD_RUNS, *BUDGET_RUNS]
+    variants += [f"{v} oracle fitness" for v in variants]
+    text = report(b.runs, args.sparsities, variants, list(SEARCH_ABLATIONS))
     b.out.with_suffix(".md").write_text(text + "\n")
     print(text)
-
-
-def _seed_table(b: Bench, sparsities: list[float]) -> str:
-    """Mean ± sd over search seeds of every run that has more than one seed."""
-    import statistics
-
-    rows = []
-    for s in sorted(sparsities):
-        for name in ("search", "search accumulation=none", *(f"search {k}" for k in (*HEAD_RUNS, *BUDGET_RUNS))):
-            base = f"{s}/{name}"
-            runs = [b.runs[k] for k in b.runs if k == base or k.startswith(base + " seed ")]
-            if len(runs) < 2:
-                continue
-            cells = []
-            for field in ("ppl_test", "ppl_wikitext2"):
-                v = [r[field] for r in runs]
-                each = ", ".join(f"{x:.1f}" for x in v)
-                cells.append(f"{statistics.mean(v):.2f} ± {statistics.stdev(v):.2f} ({each})")
-            rows.append(f"| {s} | {name} | {len(runs)} | {cells[0]} | {cells[1]} |")
-    if not rows:
-        return ""
-    return ("\n\nOver search seeds (mean ± sd, then each seed):\n\n| sparsity | method | seeds | ppl test | "
-            "ppl WikiText-2 |\n|---|---|---|---|---|\n" + "\n".join(rows))
-
-
-def report(b: Bench, sparsities: list[float]) -> str:
-    d = b.runs["dense"]
-    lines = ["| sparsity | method | ppl test (in domain) | ppl WikiText-2 | KL to dense | block weights | wall s |",
-             "|---|---|---|---|---|---|---|",
-             f"| 0 | dense | {d['ppl_test']:.2f} | {d['ppl_wikitext2']:.1f} | 0 | {d['block_params']:,} | – |"]
-    for s in sorted(sparsities):
-        for m in ("uniform+solver", "uniform+solver head units", "wanda-sp", "flap", "torch-pruning units",
-                  "torch-pruning official", "search fixed windows", "search",
-                  *(f"search {k}" for k in (*HEAD_RUNS, *BUDGET_RUNS)),
-                  "search accumulation=none",
-                  *(f"search {k}" for k in SEARCH_ABLATIONS), "tyr official"):
-            r = b.runs.get(f"{s}/{m}")
-            if r and "failed" in r:
-                lines.append(f"| {s} | {m} | {r['failed']} | | | | |")
-            elif r:
-                lines.append(f"| {s} | {m} | {r['ppl_test']:.2f} | {r['ppl_wikitext2']:.1f} | {r['kl_test']:.4f} | "
-                             f"{r['block_params']:,} | {r.get('seconds', 0):.0f} |")
-        u, srch = b.runs.get(f"{s}/uniform+solver"), b.runs.get(f"{s}/search")
-        if u and srch:
-            lines.append(f"\n{s}: search / uniform perplexity: in domain {srch['ppl_test'] / u['ppl_test']:.3f}, "
-                         f"WikiText-2 {srch['ppl_wikitext2'] / u['ppl_wikitext2']:.3f} (goal ≤ 0.8 in domain, "
-                         "≤ 1 out of domain)\n")
-    text = "\n".join(lines)
-    seeded = _seed_table(b, sparsities)
-    if seeded:
-        text += seeded
-    matched = sorted(k for k in b.runs if k.startswith("matched/"))
-    if matched:
-        text += ("\n\nTýr's code at raised sparsities (its query-head units keep more weights at a given "
-                 "sparsity):\n\n| run | ppl test | ppl WikiText-2 | KL to dense | block weights | wall s |\n"
-                 "|---|---|---|---|---|---|\n")
-        text += "\n".join(f"| {k[len('matched/'):]} | {r['ppl_test']:.2f} | {r['ppl_wikitext2']:.1f} | "
-                           f"{r['kl_test']:.4f} | {r['block_params']:,} | {r.get('seconds', 0):.0f} |"
-                           for k, r in ((k, b.runs[k]) for k in matched))
-    acc = {"none (dense inputs)": b.runs.get("ablation/accumulation=none"),
-           "centre candidate": b.runs.get("ablation/accumulation=centre"),
-           "expectation": b.runs.get("0.5/uniform+solver")}
-    if all(acc.values()):
-        text += ("\n\nAccumulation (50 %, uniform levels, no search):\n\n| next-block inputs | ppl test | "
-                 "ppl WikiText-2 | KL |\n|---|---|---|---|\n" + "\n".join(
-                     f"| {k} | {r['ppl_test']:.2f} | {r['ppl_wikitext2']:.1f} | {r['kl_test']:.4f} |"
-                     for k, r in acc.items()))
-    full = b.runs.get("0.5/search")
-    rows = [(f"{s} {m}", b.runs[f"{s}/{m}"]) for s in sorted(sparsities)
-            for m in ("search", *(f"search {k}" for k in (*HEAD_RUNS, *BUDGET_RUNS)), "search fixed windows",
-                      "search accumulation=none",
-                      *(f"search {k}" for k in SEARCH_ABLATIONS)) if f"{s}/{m}" in b.runs]
-    rows += [(f"0.5 {k}", b.runs[f"ablation/{v}"]) for k, v in (("uniform start", "search-from-uniform"),
-                                                                  ("saliency start + pre-screen 50 %",
-                                                                   "search-saliency-prescreen"))
-             if f"ablation/{v}" in b.runs]
-    if rows:
-        text += ("\n\nSearch iterations: held-out perplexity in and out of domain and fitness (top-k KL "
-                 "on the search windows) after each iteration, cumulative wall time; the best iteration by fitness "
-                 "is the one kept:\n\n| variant | iteration | ppl test | ppl WikiText-2 | fitness | s |\n"
-                 "|---|---|---|---|---|---|\n")
-        for name, r in rows:
-            total = 0.0
-            for it in r["per_iteration"]:
-                total += it["seconds"]
-                wiki = f"{it['ppl_wikitext2']:.1f}" if "ppl_wikitext2" in it else "–"
-                text += (f"| {name} | {it['iteration']} | {it['ppl_test']:.2f} | {wiki} | {it['fitness']:.4f} | "
-                         f"{total:.0f} |\n")
-    if full and "speed" in full:
-        sp = full["speed"]
-        text += (f"\nSliced 50 % model vs dense, same process: prefill {sp['ratio']['prefill_tok_s']:.2f}×, "
-                 f"decode {sp['ratio']['decode_tok_s']:.2f}× (goal ≥ 1.5×); dense "
-                 f"{sp['dense']['prefill_tok_s']:.0f} / {sp['dense']['decode_tok_s']:.0f} tok/s, sliced "
-                 f"{sp['sliced']['prefill_tok_s']:.0f} / {sp['sliced']['decode_tok_s']:.0f} tok/s.\n")
-    return text
 
 
 if __name__ == "__main__":

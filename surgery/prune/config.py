@@ -20,7 +20,11 @@ class SearchConfig:
         generations / offspring: per iteration.
         survivors / stage_windows: multi-stage selection — every child is scored on
             `stage_windows[0]` windows, the best `survivors[0]` on `stage_windows[1]`, ..., the
-            finalists and the parent on `stage_windows[-1]`.
+            finalists and the parent on `stage_windows[-1]`. What matters is the tokens scored per
+            comparison, not the pool size: on stories260K (256-token windows) stages of 8 / 32 / 128
+            windows gave a better model at 50 % than 2 / 8 / 32 (and an equal one at 25 %), where a
+            512-window pool with the default stages did not (BENCHMARKS.md); scale the stages up when
+            windows are short.
         top_k: dense logits kept for the KL fitness.
         prescreen: evaluate only this share of the offspring (lowest saliency cost) with KL; 1.0
             turns pre-screening off.
