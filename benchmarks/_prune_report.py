@@ -37,6 +37,10 @@ def _tyr_runs(runs: dict) -> dict[int, list[dict]]:
     return out
 
 
+# widest bracket (share of the target's weights) interpolated: Týr's runs a step of 1–2 % sparsity apart
+MAX_BRACKET = 0.1
+
+
 def _tyr_interpolated(runs: dict, sparsities: list[float]) -> str:
     """Týr's perplexities linearly interpolated (in block weights) to our exact weight count, per seed:
     its whole-head and 32-neuron steps never land on our count."""
@@ -54,6 +58,8 @@ def _tyr_interpolated(runs: dict, sparsities: list[float]) -> str:
                 continue
             hi = min(above, key=lambda r: r["block_params"])
             lo = max(below, key=lambda r: r["block_params"])
+            if hi["block_params"] - lo["block_params"] > MAX_BRACKET * target:
+                continue  # runs this far apart do not interpolate linearly
             w = 0.0 if hi is lo else (hi["block_params"] - target) / (hi["block_params"] - lo["block_params"])
             per_seed[seed] = [(1 - w) * hi[f] + w * lo[f] for f in ("ppl_test", "ppl_wikitext2")]
         if not per_seed:
