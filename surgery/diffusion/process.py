@@ -55,7 +55,12 @@ def alphas_cumprod(model: nn.Module) -> torch.Tensor:
 def sample(model: nn.Module, labels: torch.Tensor, steps: int = 50, guidance: float = 2.0, seed: int = 0,
            batch_size: int = 500) -> torch.Tensor:
     """Images in [0, 1] for `labels`, by DDIM (η = 0) with classifier-free guidance
-    ε = ε_∅ + w·(ε_c − ε_∅) (w = 1: conditional model alone; w = 0: unconditional)."""
+    ε = ε_∅ + w·(ε_c − ε_∅) (w = 1: conditional model alone; w = 0: unconditional).
+
+    The predicted x0 is clipped to [-1, 1] and the ε of each step is re-derived from the clipped x0:
+    with the raw ε kept beside the clipped x0 (diffusers' default), the two disagree whenever the
+    guided prediction leaves the image range and the error compounds with the number of steps (the
+    reference MNIST DDPM drew 99 % recognisable digits in 10 steps but 41 % in 100)."""
     was = model.training
     model.eval()
     device = next(model.parameters()).device
@@ -72,7 +77,7 @@ def sample(model: nn.Module, labels: torch.Tensor, steps: int = 50, guidance: fl
             for t in ddim.timesteps:
                 eps = predict(model, torch.cat([x, x]), t.expand(2 * n).to(device), lab).float()
                 cond, uncond = eps.chunk(2)
-                x = ddim.step(uncond + guidance * (cond - uncond), t, x).prev_sample
+                x = ddim.step(uncond + guidance * (cond - uncond), t, x, use_clipped_model_output=True).prev_sample
             out.append(to_pixels(x).cpu())
     finally:
         model.train(was)
