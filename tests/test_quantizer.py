@@ -156,7 +156,8 @@ def test_inverse_is_computed_in_the_hessians_memory(dtype):
     H64 = A @ A.t() / 256 + 0.5 * torch.eye(n, dtype=torch.float64)
     H, expected = H64.to(dtype, copy=True), torch.linalg.inv(H64)
     ptr, tol = H.data_ptr(), (1e-10 if dtype == torch.float64 else 1e-4)
-    inverse_(torch.eye(300, dtype=dtype))  # one-time costs: SciPy's import, the BLAS threads' buffers
+    # one-time costs: SciPy's import, the BLAS buffers (sized by the first problem this large: ~4 MiB in float32)
+    inverse_(torch.eye(n, dtype=dtype))
     with Peak(interval=0.0002) as peak:
         Hinv = inverse_(H)
     assert Hinv.data_ptr() == ptr and peak.extra < 0.25 * H.numel() * H.element_size() / 2**20, peak.extra
