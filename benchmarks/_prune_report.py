@@ -5,13 +5,18 @@ from __future__ import annotations
 import statistics
 
 
+def _over_seeds(runs: dict, base: str) -> list[dict]:
+    """The run `base` and its other search seeds (`base seed N`)."""
+    return [runs[k] for k in runs if k == base or k.startswith(base + " seed ")]
+
+
 def _seed_table(runs: dict, sparsities: list[float], variants: list[str]) -> str:
     """Mean ± sd over search seeds of every run that has more than one seed."""
     rows = []
     for s in sorted(sparsities):
         for name in ("search", "search accumulation=none", *(f"search {k}" for k in variants)):
             base = f"{s}/{name}"
-            seeded = [runs[k] for k in runs if k == base or k.startswith(base + " seed ")]
+            seeded = _over_seeds(runs, base)
             if len(seeded) < 2:
                 continue
             cells = []
@@ -81,8 +86,7 @@ def _tyr_interpolated(runs: dict, sparsities: list[float]) -> str:
 def _default_ratio(runs: dict, s: float) -> str:
     """The present defaults' search (mean over its seeds) against their own uniform model."""
     u = runs.get(f"{s}/uniform+solver head units + dense inputs")
-    base = f"{s}/search head units + dense inputs"
-    seeded = [runs[k] for k in runs if k == base or k.startswith(base + " seed ")]
+    seeded = _over_seeds(runs, f"{s}/search head units + dense inputs")
     if not u or not seeded:
         return ""
     test, wiki = (statistics.mean(r[f] for r in seeded) for f in ("ppl_test", "ppl_wikitext2"))

@@ -44,6 +44,8 @@ def main() -> None:
     ap.add_argument("--guidance", type=float, nargs="+", default=[2.0, 3.0])
     ap.add_argument("--per-class", type=int, default=20)
     args = ap.parse_args()
+    if min(args.steps) < 1 or args.per_class < 1:
+        ap.error(f"--steps and --per-class must be positive, got {args.steps} and {args.per_class}")
     model, _, _ = load_reference("mnist-ddpm", progress=False)
     judge, _, _ = load_reference("mnist16-cnn", progress=False)
     labels = torch.arange(10).repeat_interleave(args.per_class)

@@ -304,8 +304,10 @@ def main() -> None:
     args = ap.parse_args()
     if args.tyr_at and not args.tyr:
         ap.error("--tyr-at needs --tyr CLONE")
-    if args.oracle_fitness and (not args.variants or args.tyr or args.torch_pruning):
-        ap.error("--oracle-fitness runs --variants only (no --tyr, no --torch-pruning)")
+    if args.oracle_fitness and (not args.variants or args.tyr or args.torch_pruning or args.uniform_damps):
+        ap.error("--oracle-fitness runs --variants only (no --tyr, --torch-pruning or --uniform-damps)")
+    if any(not 0 <= d < 1 for d in args.uniform_damps):
+        ap.error(f"--uniform-damps: each damping must be in [0, 1), got {args.uniform_damps}")
     torch.manual_seed(0)
     default = "prune_shakespeare.json" if args.model == "shakespeare-lm" else f"prune_{args.model}.json"
     b = Bench(Path(args.out or RESULTS / default), args.model, args.max_windows, args.calib, args.search_pool)
