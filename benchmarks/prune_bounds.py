@@ -1,0 +1,162 @@
+"""What any per-layer sparsity distribution can reach on a model, with the present solver: bounds for the search.
+
+One full-resolution supernet (every unit count of every sub-layer: query heads + KV heads, single
+neurons; the default solver, dense supernet inputs — so a candidate does not depend on any centre),
+then, at each sparsity and at exactly the uniform model's weight count:
+- every exact attention / FFN split, uniform within each type (what `trade_budget` could reach);
+- each sub-layer alone at its uniform level, the others dense (how unequal the layers are);
+- a greedy climb over the distribution (first improvement, FFN steps 32 → 1 neurons, one attention
+  unit) on the perplexity of a window set: `test` is the held-out text the tables report — a bound,
+  not a method — and `fitness` the search's own fitness windows (a method, to set beside the search).
+
+    SURGERY_DATA_DIR=../../shared/data python prune_bounds.py [--model stories260K] [--climb test fitness]
+"""
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import torch
+
+from _common import MODELS, RESULTS
+from prune_shakespeare import Bench
+
+from surgery.evaluate import perplexity
+from surgery.models.adapters import DecoderAdapter
+from surgery.models.blockwise import capture_block_inputs
+from surgery.prune import PruneConfig
+from surgery.prune.allocation import limits
+from surgery.prune.apply import apply_masked
+from surgery.prune.supernet import Supernet, build_supernet
+from surgery.prune.units import Dist, Layout, SubKey, dist_to_json, layout, target_removals
+
+FFN_STEPS = (32, 16, 8, 4, 2, 1)
+
+
+class Bounds:
+    def __init__(self, b: Bench) -> None:
+        cfg = PruneConfig()  # the solver's defaults: damping, rounds, precision, unit, inputs
+        self.b, self.model = b, b.fresh()
+        self.adapter = DecoderAdapter(self.model)
+        self.lay: Layout = layout(self.adapter, 1, cfg.attn_unit)
+        self.most = limits(self.lay)
+        levels = {s.key: list(range(self.most[s.key] + 1)) for s in self.lay.sublayers}
+        inputs = capture_block_inputs(self.adapter, list(b.calib.split(cfg.batch_size)))
+        t = time.time()
+        self.net: Supernet = build_supernet(self.adapter, self.lay, levels, {k: 0 for k in levels}, inputs,
+                                            cfg.accumulation, cfg.damp, cfg.solver_rounds,
+                                            dtype=getattr(torch, cfg.hessian_dtype))
+        self.build_s = time.time() - t
+
+    def ppl(self, d: Dist, windows: torch.Tensor) -> float:
+        apply_masked(self.adapter, self.net, d)
+        return perplexity(self.model, windows, batch_size=32)
+
+    def row(self, d: Dist, **extra) -> dict:
+        return {"ppl_test": self.ppl(d, self.b.sets["test"]), "ppl_wikitext2": self.ppl(d, self.b.sets["wikitext2"]),
+                "removed_params": self.lay.removed_params(d), "distribution": dist_to_json(d), **extra}
+
+    def splits(self, sparsity: float) -> dict[str, dict]:
+        """Every attention count per layer whose FFN remainder is exact, spread uniformly."""
+        target = target_removals(self.lay, sparsity)
+        total = self.lay.removed_params(target)
+        attn, mlp = self.lay.of_kind("attn"), self.lay.of_kind("mlp")
+        out = {}
+        for a in range(min(self.most[s.key] for s in attn) + 1):
+            rest = total - a * sum(s.unit_params for s in attn)
+            if rest < 0 or rest % mlp[0].unit_params:
+                continue
+            base, extra = divmod(rest // mlp[0].unit_params, len(mlp))
+            if base + (extra > 0) > min(self.most[s.key] for s in mlp):
+                continue
+            d = {s.key: a for s in attn} | {s.key: base + (j < extra) for j, s in enumerate(mlp)}
+            out[f"{sparsity}/split attn {a} per layer"] = self.row(d, attn_per_layer=a,
+                                                                  uniform=d == target)
+        return out
+
+    def alone(self, sparsity: float) -> dict[str, dict]:
+        """Each sub-layer at its uniform level, every other one dense."""
+        target = target_removals(self.lay, sparsity)
+        out = {}
+        for s in self.lay.sublayers:
+            d = {k: 0 for k in target} | {s.key: target[s.key]}
+            out[f"{sparsity}/alone {s.key}"] = self.row(d)
+        return out
+
+    def climb(self, sparsity: float, windows: torch.Tensor) -> tuple[Dist, list[dict]]:
+        """First-improvement moves of one step between two sub-layers of one type, coarse to fine."""
+        d = target_removals(self.lay, sparsity)
+        best = self.ppl(d, windows)
+        path = [{"move": None, "ppl": best}]
+        keys = [s.key for s in self.lay.sublayers]
+        for ffn_step in FFN_STEPS:
+            improved = True
+            while improved:
+                improved = False
+                for a in keys:
+                    for b in keys:
+                        step = ffn_step if a.kind == "mlp" else 1
+                        if a == b or a.kind != b.kind or d[a] + step > self.most[a] or d[b] < step:
+                            continue
+                        c = dict(d)
+                        c[a] += step
+                        c[b] -= step
+                        f = self.ppl(c, windows)
+                        if f < best:
+                            d, best, improved = c, f, True
+                            path.append({"move": f"{b} -> {a} ({step})", "ppl": f})
+        return d, path
+
+
+def table(runs: dict, sparsities: list[float]) -> str:
+    dense = runs["dense"]["ppl_test"]
+    lines = [f"| sparsity | run | ppl test | ppl − dense ({dense:.2f}) | ppl WikiText-2 "
+             "| / uniform (test / WikiText-2) |", "|---|---|---|---|---|---|"]
+    for s in sparsities:
+        uni = next((r for k, r in runs.items() if k.startswith(f"{s}/split") and r.get("uniform")), None)
+        if uni is None:
+            continue
+        for k, r in runs.items():
+            if k.startswith(f"{s}/"):  # the splits, each sub-layer alone, the climbs
+                ratio = ("" if "alone" in k else  # not the same weight count
+                         f"{r['ppl_test'] / uni['ppl_test']:.3f} / {r['ppl_wikitext2'] / uni['ppl_wikitext2']:.3f}")
+                name = k.split("/", 1)[1] + (" (uniform)" if r.get("uniform") else "")
+                lines.append(f"| {s} | {name} | {r['ppl_test']:.2f} | {r['ppl_test'] - dense:.2f} | "
+                             f"{r['ppl_wikitext2']:.1f} | {ratio} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(allow_abbrev=False)
+    ap.add_argument("--model", default="stories260K", choices=list(MODELS))
+    ap.add_argument("--sparsities", type=float, nargs="+", default=[0.5, 0.25])
+    ap.add_argument("--max-windows", type=int, default=512, help="cap on evaluation windows per text")
+    ap.add_argument("--climb", nargs="*", default=["test", "fitness"], choices=["test", "fitness"],
+                    help="window sets to climb on (test: a bound; fitness: the search's 64 fitness windows)")
+    ap.add_argument("--out", help="results JSON (default: results/prune_bounds_<model>.json)")
+    ap.add_argument("--table-only", action="store_true", help="print the table from the JSON; run nothing")
+    args = ap.parse_args()
+    if any(not 0 < s < 1 for s in args.sparsities):
+        ap.error(f"--sparsities: each must be in (0, 1), got {args.sparsities}")
+    torch.manual_seed(0)
+    b = Bench(Path(args.out or RESULTS / f"prune_bounds_{args.model}.json"), args.model, args.max_windows)
+    if "dense" not in b.runs:
+        b.record("dense", b.evaluate(b.dense))
+    bounds = None if args.table_only else Bounds(b)
+    if bounds is not None:
+        print(f"full-resolution supernet: {bounds.build_s:.1f} s", flush=True)
+    for s in [] if bounds is None else args.sparsities:
+        for key, row in {**bounds.splits(s), **bounds.alone(s)}.items():
+            b.record(key, row)
+        for name in args.climb:
+            t = time.time()
+            d, path = bounds.climb(s, b.sets["test"] if name == "test" else b.search)
+            b.record(f"{s}/climb on {name} windows", bounds.row(d, path=path, seconds=time.time() - t))
+    text = table(b.runs, args.sparsities)
+    b.out.with_suffix(".md").write_text(text + "\n")
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
