@@ -7,22 +7,29 @@ then, at each sparsity and at exactly the uniform model's weight count:
 - each sub-layer alone at its uniform level, the others dense (how unequal the layers are);
 - a greedy climb over the distribution (first improvement, FFN steps 32 → 1 neurons, one attention
   unit) on the perplexity of a window set: `test` is the held-out text the tables report — a bound,
-  not a method — and `fitness` the search's own fitness windows (a method, to set beside the search).
+  not a method — and `fitness` the search's own fitness windows (a method, to set beside the search);
+  `worst-domain` (two or more `--calib` texts) climbs on the same fitness windows but on the worst
+  calibration text's perplexity relative to the uniform model's, so no text pays for another.
 
     SURGERY_DATA_DIR=../../shared/data python prune_bounds.py [--model stories260K] [--climb test fitness]
+        [--calib tinystories:train shakespeare:train --climb fitness worst-domain --out results/X.json]
 """
 from __future__ import annotations
 
 import argparse
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
 from _common import MODELS, RESULTS
-from prune_shakespeare import Bench
+from prune_shakespeare import SEQLEN, Bench
 
+from surgery.data import read_text
+from surgery.data.windows import calib_windows, mixed_calib_windows, tokenize
 from surgery.evaluate import perplexity
+from surgery.models import load_model
 from surgery.models.adapters import DecoderAdapter
 from surgery.models.blockwise import capture_block_inputs
 from surgery.prune import PruneConfig
@@ -35,9 +42,9 @@ FFN_STEPS = (32, 16, 8, 4, 2, 1)
 
 
 class Bounds:
-    def __init__(self, b: Bench) -> None:
+    def __init__(self, b: Bench, fitness_seed: int = 1) -> None:
         cfg = PruneConfig()  # the solver's defaults: damping, rounds, precision, unit, inputs
-        self.b, self.model = b, b.fresh()
+        self.b, self.model, self.fitness_seed = b, b.fresh(), fitness_seed
         self.adapter = DecoderAdapter(self.model)
         self.lay: Layout = layout(self.adapter, 1, cfg.attn_unit)
         self.most = limits(self.lay)
@@ -84,11 +91,22 @@ class Bounds:
             out[f"{sparsity}/alone {s.key}"] = self.row(d)
         return out
 
-    def climb(self, sparsity: float, windows: torch.Tensor) -> tuple[Dist, list[dict]]:
+    def objective(self, name: str, sparsity: float) -> Callable[[Dist], float]:
+        """The climb's objective: perplexity on the test or fitness windows, or the worst calibration
+        text's fitness-window perplexity over the uniform model's."""
+        if name != "worst-domain":
+            return lambda d: self.ppl(d, self.b.sets["test"] if name == "test" else self.b.search)
+        if len(self.b.calib_sources) < 2:
+            raise SystemExit("--climb worst-domain needs two or more --calib texts")
+        parts = fitness_parts(self.b, self.fitness_seed)
+        uniform = [self.ppl(target_removals(self.lay, sparsity), w) for w in parts]
+        return lambda d: max(self.ppl(d, w) / u for w, u in zip(parts, uniform))
+
+    def climb(self, sparsity: float, objective: Callable[[Dist], float]) -> tuple[Dist, list[dict]]:
         """First-improvement moves of one step between two sub-layers of one type, coarse to fine."""
         d = target_removals(self.lay, sparsity)
-        best = self.ppl(d, windows)
-        path = [{"move": None, "ppl": best}]
+        best = objective(d)
+        path = [{"move": None, "objective": best}]
         keys = [s.key for s in self.lay.sublayers]
         for ffn_step in FFN_STEPS:
             improved = True
@@ -102,11 +120,23 @@ class Bounds:
                         c = dict(d)
                         c[a] += step
                         c[b] -= step
-                        f = self.ppl(c, windows)
+                        f = objective(c)
                         if f < best:
                             d, best, improved = c, f, True
-                            path.append({"move": f"{b} -> {a} ({step})", "ppl": f})
+                            path.append({"move": f"{b} -> {a} ({step})", "objective": f})
         return d, path
+
+
+def fitness_parts(b: Bench, seed: int = 1) -> list[torch.Tensor]:
+    """The fitness windows of each calibration text: the parts `mixed_calib_windows` draws with `seed`
+    (1: the search benchmark's fitness pool)."""
+    _, tok = load_model(b.path)
+    n, m = b.search.shape[0], len(b.calib_sources)
+    parts = [calib_windows(tokenize(tok, read_text(src)), n // m + (i < n % m), SEQLEN, seed + 1000 * i)
+             for i, src in enumerate(b.calib_sources)]
+    if sorted(map(tuple, torch.cat(parts).tolist())) != sorted(map(tuple, b.search.tolist())):
+        raise SystemExit("the per-text draws are not the fitness windows (mixed_calib_windows changed?)")
+    return parts
 
 
 def table(runs: dict, sparsities: list[float]) -> str:
@@ -132,27 +162,40 @@ def main() -> None:
     ap.add_argument("--model", default="stories260K", choices=list(MODELS))
     ap.add_argument("--sparsities", type=float, nargs="+", default=[0.5, 0.25])
     ap.add_argument("--max-windows", type=int, default=512, help="cap on evaluation windows per text")
-    ap.add_argument("--climb", nargs="*", default=["test", "fitness"], choices=["test", "fitness"],
-                    help="window sets to climb on (test: a bound; fitness: the search's 64 fitness windows)")
+    ap.add_argument("--climb", nargs="*", default=["test", "fitness"], choices=["test", "fitness", "worst-domain"],
+                    help="climb objectives (test: a bound; fitness: the search's 64 fitness windows; worst-domain: "
+                         "the worst --calib text's perplexity on them, over the uniform model's)")
+    ap.add_argument("--calib", nargs="+", help="calibration and fitness texts, drawn evenly (default: the model's)")
+    ap.add_argument("--fitness-seed", type=int, default=1,
+                    help="the fitness windows' draw (1: the search benchmark's pool; others add ' fitness seed N')")
     ap.add_argument("--out", help="results JSON (default: results/prune_bounds_<model>.json)")
     ap.add_argument("--table-only", action="store_true", help="print the table from the JSON; run nothing")
     args = ap.parse_args()
     if any(not 0 < s < 1 for s in args.sparsities):
         ap.error(f"--sparsities: each must be in (0, 1), got {args.sparsities}")
+    if args.fitness_seed != 1 and "test" in args.climb:
+        ap.error("--fitness-seed draws other fitness windows: climb on them (--climb fitness / worst-domain), not test")
     torch.manual_seed(0)
-    b = Bench(Path(args.out or RESULTS / f"prune_bounds_{args.model}.json"), args.model, args.max_windows)
+    b = Bench(Path(args.out or RESULTS / f"prune_bounds_{args.model}.json"), args.model, args.max_windows, args.calib)
     if "dense" not in b.runs:
         b.record("dense", b.evaluate(b.dense))
-    bounds = None if args.table_only else Bounds(b)
+    if args.fitness_seed != 1:  # another draw of the fitness pool, as the search benchmark draws it
+        _, tok = load_model(b.path)
+        texts = [tokenize(tok, read_text(src)) for src in b.calib_sources]
+        b.search = mixed_calib_windows(texts, b.search.shape[0], SEQLEN, seed=args.fitness_seed)
+    tag = "" if args.fitness_seed == 1 else f" fitness seed {args.fitness_seed}"
+    bounds = None if args.table_only else Bounds(b, args.fitness_seed)
     if bounds is not None:
         print(f"full-resolution supernet: {bounds.build_s:.1f} s", flush=True)
     for s in [] if bounds is None else args.sparsities:
         for key, row in {**bounds.splits(s), **bounds.alone(s)}.items():
-            b.record(key, row)
+            if key not in b.runs:
+                b.record(key, row)
         for name in args.climb:
             t = time.time()
-            d, path = bounds.climb(s, b.sets["test"] if name == "test" else b.search)
-            b.record(f"{s}/climb on {name} windows", bounds.row(d, path=path, seconds=time.time() - t))
+            d, path = bounds.climb(s, bounds.objective(name, s))
+            key = "climb on worst-domain fitness" if name == "worst-domain" else f"climb on {name} windows"
+            b.record(f"{s}/{key}{tag}", bounds.row(d, path=path, seconds=time.time() - t))
     text = table(b.runs, args.sparsities)
     b.out.with_suffix(".md").write_text(text + "\n")
     print(text)
