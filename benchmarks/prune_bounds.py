@@ -36,12 +36,14 @@ from surgery.prune import PruneConfig
 from surgery.prune.allocation import limits
 from surgery.prune.apply import apply_masked
 from surgery.prune.supernet import Supernet, build_supernet
-from surgery.prune.units import Dist, Layout, SubKey, dist_to_json, layout, target_removals
+from surgery.prune.units import Dist, Layout, dist_to_json, layout, target_removals
 
 FFN_STEPS = (32, 16, 8, 4, 2, 1)
 
 
 class Bounds:
+    """The model masked with any distribution over one full-resolution supernet, and its perplexities."""
+
     def __init__(self, b: Bench, fitness_seed: int = 1) -> None:
         cfg = PruneConfig()  # the solver's defaults: damping, rounds, precision, unit, inputs
         self.b, self.model, self.fitness_seed = b, b.fresh(), fitness_seed
