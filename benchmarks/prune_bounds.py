@@ -24,12 +24,10 @@ from pathlib import Path
 import torch
 
 from _common import MODELS, RESULTS
-from prune_shakespeare import SEQLEN, Bench
+from prune_shakespeare import SEQLEN, Bench, open_bench
 
-from surgery.data import read_text
-from surgery.data.windows import calib_windows, mixed_calib_windows, tokenize
+from surgery.data.windows import calib_windows, mixed_calib_windows
 from surgery.evaluate import perplexity
-from surgery.models import load_model
 from surgery.models.adapters import DecoderAdapter
 from surgery.models.blockwise import capture_block_inputs
 from surgery.prune import PruneConfig
@@ -98,8 +96,6 @@ class Bounds:
         text's fitness-window perplexity over the uniform model's."""
         if name != "worst-domain":
             return lambda d: self.ppl(d, self.b.sets["test"] if name == "test" else self.b.search)
-        if len(self.b.calib_sources) < 2:
-            raise SystemExit("--climb worst-domain needs two or more --calib texts")
         parts = fitness_parts(self.b, self.fitness_seed)
         uniform = [self.ppl(target_removals(self.lay, sparsity), w) for w in parts]
         return lambda d: max(self.ppl(d, w) / u for w, u in zip(parts, uniform))
@@ -132,10 +128,8 @@ class Bounds:
 def fitness_parts(b: Bench, seed: int = 1) -> list[torch.Tensor]:
     """The fitness windows of each calibration text: the parts `mixed_calib_windows` draws with `seed`
     (1: the search benchmark's fitness pool)."""
-    _, tok = load_model(b.path)
-    n, m = b.search.shape[0], len(b.calib_sources)
-    parts = [calib_windows(tokenize(tok, read_text(src)), n // m + (i < n % m), SEQLEN, seed + 1000 * i)
-             for i, src in enumerate(b.calib_sources)]
+    n, m = b.search.shape[0], len(b.train)
+    parts = [calib_windows(ids, n // m + (i < n % m), SEQLEN, seed + 1000 * i) for i, ids in enumerate(b.train)]
     if sorted(map(tuple, torch.cat(parts).tolist())) != sorted(map(tuple, b.search.tolist())):
         raise SystemExit("the per-text draws are not the fitness windows (mixed_calib_windows changed?)")
     return parts
@@ -178,13 +172,13 @@ def main() -> None:
     if args.fitness_seed != 1 and "test" in args.climb:
         ap.error("--fitness-seed draws other fitness windows: climb on them (--climb fitness / worst-domain), not test")
     torch.manual_seed(0)
-    b = Bench(Path(args.out or RESULTS / f"prune_bounds_{args.model}.json"), args.model, args.max_windows, args.calib)
+    if "worst-domain" in args.climb and len(args.calib or []) < 2:
+        ap.error("--climb worst-domain needs two or more --calib texts")
+    b = open_bench(ap, Path(args.out or RESULTS / f"prune_bounds_{args.model}.json"), args)
     if "dense" not in b.runs:
         b.record("dense", b.evaluate(b.dense))
     if args.fitness_seed != 1:  # another draw of the fitness pool, as the search benchmark draws it
-        _, tok = load_model(b.path)
-        texts = [tokenize(tok, read_text(src)) for src in b.calib_sources]
-        b.search = mixed_calib_windows(texts, b.search.shape[0], SEQLEN, seed=args.fitness_seed)
+        b.search = mixed_calib_windows(b.train, b.search.shape[0], SEQLEN, seed=args.fitness_seed)
     tag = "" if args.fitness_seed == 1 else f" fitness seed {args.fitness_seed}"
     bounds = None if args.table_only else Bounds(b, args.fitness_seed)
     if bounds is not None:

@@ -25,6 +25,7 @@ from _common import MODELS, RESULTS, add_runs, model_path, stamp
 from _prune_report import report
 
 from surgery.data import read_text
+from surgery.errors import SurgeryError
 from surgery.data.windows import eval_windows, mixed_calib_windows, tokenize
 from surgery.evaluate import kl_divergence, perplexity, throughput
 from surgery.models.adapters import DecoderAdapter
@@ -93,9 +94,9 @@ class Bench:
         self.calib_sources = calib or [calib_text]
         self.path = model_path(model)
         _, tok = load_model(self.path)
-        train = [tokenize(tok, read_text(src)) for src in self.calib_sources]
-        self.calib = mixed_calib_windows(train, 64, SEQLEN, seed=0)
-        self.search = mixed_calib_windows(train, search_pool, SEQLEN, seed=1)
+        self.train = [tokenize(tok, read_text(src)) for src in self.calib_sources]  # token ids per text
+        self.calib = mixed_calib_windows(self.train, 64, SEQLEN, seed=0)
+        self.search = mixed_calib_windows(self.train, search_pool, SEQLEN, seed=1)
         self.sets = {k: eval_windows(tokenize(tok, read_text(v)), SEQLEN, max_windows) for k, v in sets.items()}
         self.dense = self.fresh()
         self.vocab = self.dense.config.vocab_size
@@ -218,6 +219,17 @@ class Bench:
                           "iterations": res["iterations"], "commit": res["commit"]})
 
 
+def open_bench(ap: argparse.ArgumentParser, out: Path, args: argparse.Namespace) -> Bench:
+    """The benchmark's model and data, or one `error:` line (exit 2) for a bad window count or text."""
+    pool = getattr(args, "search_pool", 64)
+    if (args.max_windows is not None and args.max_windows < 1) or pool < 1:
+        ap.error(f"--max-windows / --search-pool must be positive, got {args.max_windows} / {pool}")
+    try:
+        return Bench(out, args.model, args.max_windows, args.calib, pool)
+    except SurgeryError as e:
+        ap.error(str(e))
+
+
 def _removed(model: torch.nn.Module, counts: dict) -> int:
     from surgery.prune.units import layout
 
@@ -310,7 +322,7 @@ def main() -> None:
         ap.error(f"--uniform-damps: each damping must be in [0, 1), got {args.uniform_damps}")
     torch.manual_seed(0)
     default = "prune_shakespeare.json" if args.model == "shakespeare-lm" else f"prune_{args.model}.json"
-    b = Bench(Path(args.out or RESULTS / default), args.model, args.max_windows, args.calib, args.search_pool)
+    b = open_bench(ap, Path(args.out or RESULTS / default), args)
     if args.oracle_fitness:  # every held-out test window is a fitness window
         b.search = b.sets["test"]
     if "dense" not in b.runs:
