@@ -104,7 +104,8 @@ def report(runs: dict, sparsities: list[float], variants: list[str], ablations: 
         damped = sorted((k for k in runs if k.startswith(f"{s}/uniform+solver head units + dense inputs, damp ")),
                         key=lambda k: float(k.rsplit(" ", 1)[1]))
         for m in ("uniform+solver", "uniform+solver head units", "uniform+solver head units + dense inputs",
-                  *(k.split("/", 1)[1] for k in damped), "wanda-sp", "flap", "torch-pruning units",
+                  *(k.split("/", 1)[1] for k in damped), "uniform+solver head units + dense inputs, output saliency",
+                  "wanda-sp", "flap", "torch-pruning units",
                   "torch-pruning official", "search fixed windows", "search",
                   *(f"search {k}" for k in variants),
                   "search accumulation=none",

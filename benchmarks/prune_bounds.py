@@ -13,6 +13,7 @@ then, at each sparsity and at exactly the uniform model's weight count:
 
     SURGERY_DATA_DIR=../../shared/data python prune_bounds.py [--model stories260K] [--climb test fitness]
         [--calib tinystories:train shakespeare:train --climb fitness worst-domain --out results/X.json]
+        [--first-order output]   # the solver with Týr's output term (rows to results/prune_bounds_<model>_output.json)
 """
 from __future__ import annotations
 
@@ -42,8 +43,9 @@ FFN_STEPS = (32, 16, 8, 4, 2, 1)
 class Bounds:
     """The model masked with any distribution over one full-resolution supernet, and its perplexities."""
 
-    def __init__(self, b: Bench, fitness_seed: int = 1) -> None:
+    def __init__(self, b: Bench, fitness_seed: int = 1, first_order: str | None = None) -> None:
         cfg = PruneConfig()  # the solver's defaults: damping, rounds, precision, unit, inputs
+        self.first_order = first_order or cfg.first_order
         self.b, self.model, self.fitness_seed = b, b.fresh(), fitness_seed
         self.adapter = DecoderAdapter(self.model)
         self.lay: Layout = layout(self.adapter, 1, cfg.attn_unit)
@@ -53,7 +55,7 @@ class Bounds:
         t = time.time()
         self.net: Supernet = build_supernet(self.adapter, self.lay, levels, {k: 0 for k in levels}, inputs,
                                             cfg.accumulation, cfg.damp, cfg.solver_rounds,
-                                            dtype=getattr(torch, cfg.hessian_dtype))
+                                            dtype=getattr(torch, cfg.hessian_dtype), first_order=self.first_order)
         self.build_s = time.time() - t
 
     def ppl(self, d: Dist, windows: torch.Tensor) -> float:
@@ -62,7 +64,8 @@ class Bounds:
 
     def row(self, d: Dist, **extra) -> dict:
         return {"ppl_test": self.ppl(d, self.b.sets["test"]), "ppl_wikitext2": self.ppl(d, self.b.sets["wikitext2"]),
-                "removed_params": self.lay.removed_params(d), "distribution": dist_to_json(d), **extra}
+                "removed_params": self.lay.removed_params(d), "distribution": dist_to_json(d),
+                "first_order": self.first_order, **extra}
 
     def splits(self, sparsity: float) -> dict[str, dict]:
         """Every attention count per layer whose FFN remainder is exact, spread uniformly."""
@@ -164,6 +167,9 @@ def main() -> None:
     ap.add_argument("--calib", nargs="+", help="calibration and fitness texts, drawn evenly (default: the model's)")
     ap.add_argument("--fitness-seed", type=int, default=1,
                     help="the fitness windows' draw (1: the search benchmark's pool; others add ' fitness seed N')")
+    ap.add_argument("--first-order", choices=["gradient", "output"],
+                    help="the solver saliency's first-order term (default: PruneConfig's); rows of another term "
+                         "go to their own JSON (default: results/prune_bounds_<model>_<term>.json)")
     ap.add_argument("--out", help="results JSON (default: results/prune_bounds_<model>.json)")
     ap.add_argument("--table-only", action="store_true", help="print the table from the JSON; run nothing")
     args = ap.parse_args()
@@ -174,13 +180,18 @@ def main() -> None:
     torch.manual_seed(0)
     if "worst-domain" in args.climb and len(args.calib or []) < 2:
         ap.error("--climb worst-domain needs two or more --calib texts")
-    b = open_bench(ap, Path(args.out or RESULTS / f"prune_bounds_{args.model}.json"), args)
+    first_order = args.first_order or PruneConfig().first_order
+    suffix = "" if first_order == PruneConfig().first_order else f"_{first_order}"
+    b = open_bench(ap, Path(args.out or RESULTS / f"prune_bounds_{args.model}{suffix}.json"), args)
+    other = {r.get("first_order", "gradient") for k, r in b.runs.items() if k != "dense"} - {first_order}
+    if other:
+        ap.error(f"{b.out} holds rows of first-order term {sorted(other)}, not {first_order}: give another --out")
     if "dense" not in b.runs:
         b.record("dense", b.evaluate(b.dense))
     if args.fitness_seed != 1:  # another draw of the fitness pool, as the search benchmark draws it
         b.search = mixed_calib_windows(b.train, b.search.shape[0], SEQLEN, seed=args.fitness_seed)
     tag = "" if args.fitness_seed == 1 else f" fitness seed {args.fitness_seed}"
-    bounds = None if args.table_only else Bounds(b, args.fitness_seed)
+    bounds = None if args.table_only else Bounds(b, args.fitness_seed, first_order)
     if bounds is not None:
         print(f"full-resolution supernet: {bounds.build_s:.1f} s", flush=True)
     for s in [] if bounds is None else args.sparsities:

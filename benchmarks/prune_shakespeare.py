@@ -71,9 +71,12 @@ BUDGET_RUNS = {"head units + dense inputs, 4x generations": dict(attn_unit="head
                                                                   survivors=[16, 4], stage_windows=[8, 64, 512]),
                # the solver fitted less closely to the calibration text (damping chosen from --uniform-damps)
                "head units + dense inputs, damp 0.03": dict(attn_unit="head", accumulation="none", damp=0.03)}
+# the solver's unit saliency with Týr's first-order term, |⟨XᵀY, W⟩| (`first_order: output`), in the present defaults
+SALIENCY_RUNS = {"head units + dense inputs, output saliency": dict(attn_unit="head", accumulation="none",
+                                                                     first_order="output")}
 # every named variant of the full search ("search <name>"; "default" is plain "search"), for --variants
 VARIANTS = {"default": {}, "accumulation=none": dict(accumulation="none"), **SEARCH_ABLATIONS, **HEAD_RUNS,
-            **BUDGET_RUNS}
+            **BUDGET_RUNS, **SALIENCY_RUNS}
 SEARCH_FIELDS = ("generations", "offspring", "survivors", "stage_windows", "top_k", "prescreen", "resample")
 
 
@@ -267,9 +270,13 @@ def _method_runs(b: Bench, s: float, args: argparse.Namespace) -> None:
                attn_unit="head", accumulation="none", damp=damp)
     if args.head_units:
         b.ours(f"{s}/uniform+solver head units", s, start="uniform", iterations=0, attn_unit="head")
+    if args.head_units or args.uniform_first_order:
         # the present defaults' own uniform model: what their search is measured against
         b.ours(f"{s}/uniform+solver head units + dense inputs", s, start="uniform", iterations=0, attn_unit="head",
                accumulation="none")
+    if args.uniform_first_order:  # the same with Týr's output term in the solver's unit saliency
+        b.ours(f"{s}/uniform+solver head units + dense inputs, output saliency", s, start="uniform", iterations=0,
+               attn_unit="head", accumulation="none", first_order="output")
 
 
 def main() -> None:
@@ -312,11 +319,15 @@ def main() -> None:
                          "reach in domain, not a method")
     ap.add_argument("--uniform-damps", type=float, nargs="+", default=[], metavar="D",
                     help="also uniform+solver (query heads, dense inputs) with these Hessian dampings")
+    ap.add_argument("--uniform-first-order", action="store_true",
+                    help="also uniform+solver (query heads, dense inputs) with each first-order saliency term of "
+                         "the solver: the gradient (default) and the output correlation")
     ap.add_argument("--table-only", action="store_true", help="print the tables from the JSON; run nothing")
     args = ap.parse_args()
     if args.tyr_at and not args.tyr:
         ap.error("--tyr-at needs --tyr CLONE")
-    if args.oracle_fitness and (not args.variants or args.tyr or args.torch_pruning or args.uniform_damps):
+    if args.oracle_fitness and (not args.variants or args.tyr or args.torch_pruning or args.uniform_damps
+                                or args.uniform_first_order):
         ap.error("--oracle-fitness runs --variants only (no --tyr, --torch-pruning or --uniform-damps)")
     if any(not 0 <= d < 1 for d in args.uniform_damps):
         ap.error(f"--uniform-damps: each damping must be in [0, 1), got {args.uniform_damps}")
@@ -344,7 +355,7 @@ def main() -> None:
         for x in args.tyr_at:
             for seed in args.tyr_seeds:
                 b.tyr(f"matched/tyr official at {x}" + (f" seed {seed}" if seed else ""), args.tyr, x, seed)
-    variants = [*HEAD_RUNS, *BUDGET_RUNS]
+    variants = [*HEAD_RUNS, *BUDGET_RUNS, *SALIENCY_RUNS]
     variants += [f"{v} oracle fitness" for v in variants]
     text = report(b.runs, args.sparsities, variants, list(SEARCH_ABLATIONS))
     b.out.with_suffix(".md").write_text(text + "\n")

@@ -139,9 +139,10 @@ def test_first_order_term_sees_upstream_error():
     torch.testing.assert_close(snap.full(), direct, rtol=1e-8, atol=1e-9)
 
 
-def brute_force_path(X, X_dense, W, unit, removals, rounds):
-    """The progressive removal computed from scratch each round: the gradient W·H − Cᵀ and the
-    inverse of H on the live columns formed anew, the OBS update, the cheapest units of the round out."""
+def brute_force_path(X, X_dense, W, unit, removals, rounds, first_order="gradient"):
+    """The progressive removal computed from scratch each round: the gradient W·H − Cᵀ (or the output
+    correlation Cᵀ) and the inverse of H on the live columns formed anew, the OBS update, the cheapest
+    units of the round out."""
     H, C = X.t() @ X / X.shape[0], X.t() @ (X_dense @ W.t()) / X.shape[0]
     n_units = W.shape[1] // unit
     W, alive, kept_at, removed = W.clone(), list(range(n_units)), {}, 0
@@ -151,7 +152,7 @@ def brute_force_path(X, X_dense, W, unit, removals, rounds):
             A = [c for u in alive for c in range(u * unit, (u + 1) * unit)]
             Hinv = torch.zeros_like(H)
             Hinv[torch.tensor(A).unsqueeze(1), torch.tensor(A)] = torch.linalg.inv(H[A][:, A])
-            G = W @ H - C.t()
+            G = W @ H - C.t() if first_order == "gradient" else C.t()
             scores = []
             for u in alive:
                 P = list(range(u * unit, (u + 1) * unit))
@@ -169,24 +170,32 @@ def brute_force_path(X, X_dense, W, unit, removals, rounds):
     return kept_at
 
 
+@pytest.mark.parametrize("first_order", ["gradient", "output"])
 @pytest.mark.parametrize("unit", [1, 2])
-def test_progressive_path_equals_the_brute_force_recomputation(unit):
+def test_progressive_path_equals_the_brute_force_recomputation(unit, first_order):
     """The solver forms the gradient once and downdates H⁻¹ (the OBS update leaves the gradient on the
     live columns unchanged): with upstream error, so that the first-order term counts, it removes the
-    same units at every count as recomputing the gradient and inverting H on the live columns each round."""
+    same units at every count as recomputing the gradient and inverting H on the live columns each round.
+    With the output term (Týr's ⟨XᵀY, W⟩) likewise, and its order differs from the gradient's here."""
     X, W = layer_data(3, cols=24)
     noisy = X + 0.3 * torch.randn(X.shape, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
-    cov = Covariance(24)
-    cov.add(noisy, X)
     n_units = 24 // unit
     removals = [n_units // 4, n_units // 2, n_units - 2]
-    snaps = progressive_prune(W, cov, W, unit, removals, damp=0.0, rounds=3)
-    expected = brute_force_path(noisy, X, W, unit, removals, rounds=3)
-    assert {r: s.kept.tolist() for r, s in snaps.items()} == expected
+    kept = {}
+    for term in ("gradient", "output"):
+        cov = Covariance(24)
+        cov.add(noisy, X)
+        kept[term] = {r: s.kept.tolist() for r, s in progressive_prune(W, cov, W, unit, removals, damp=0.0, rounds=3,
+                                                                       first_order=term).items()}
+    assert kept[first_order] == brute_force_path(noisy, X, W, unit, removals, rounds=3, first_order=first_order)
+    assert kept["gradient"] != kept["output"]
+    with pytest.raises(SurgeryError, match="first_order must be 'gradient' or 'output'"):
+        progressive_prune(W, Covariance(24), W, unit, removals, first_order="hessian")
 
 
+@pytest.mark.parametrize("first_order", ["gradient", "output"])
 @pytest.mark.parametrize("unit,group", [(1, 0), (3, 0), (3, 2)])
-def test_dense_inputs_keep_one_matrix_and_give_the_paired_result(unit, group):
+def test_dense_inputs_keep_one_matrix_and_give_the_paired_result(unit, group, first_order):
     """With X_dense the very tensor X the covariance keeps H only and the solver takes the gradient
     from the damping alone (G = D·W_denseᵀ); with damping on, it removes the same units and returns
     the same weights as the general path fed a copy of X (M kept, C and G formed by products)."""
@@ -199,8 +208,8 @@ def test_dense_inputs_keep_one_matrix_and_give_the_paired_result(unit, group):
     n_units = 24 // unit
     most = n_units if not group else n_units + n_units // group - 2
     removals = sorted({1, n_units // 3, n_units // 2, most - 1})
-    fast = progressive_prune(W, shared, W, unit, removals, damp=0.05, rounds=4, group=group)
-    slow = progressive_prune(W, paired, W, unit, removals, damp=0.05, rounds=4, group=group)
+    fast = progressive_prune(W, shared, W, unit, removals, damp=0.05, rounds=4, group=group, first_order=first_order)
+    slow = progressive_prune(W, paired, W, unit, removals, damp=0.05, rounds=4, group=group, first_order=first_order)
     assert shared.H is None and paired.H is None  # the statistics are consumed
     for r in removals:
         assert fast[r].kept.tolist() == slow[r].kept.tolist()
@@ -335,6 +344,34 @@ def test_uniform_result_saves_as_a_stock_llama(tmp_path):
     assert cfg["head_dim"] == 8 and cfg["num_attention_heads"] == 2
 
 
+def test_first_order_output_reaches_the_solver_and_masks_what_it_solved(monkeypatch):
+    """`first_order: output` is handed to every sub-layer's solver, and the uniform model is the one the
+    solver's output-term path gives: its kept units are those of `progressive_prune(..., "output")`,
+    not the gradient term's (which keep other units here)."""
+    seen, kept = [], {}
+    real = supernet_module.progressive_prune
+
+    def spy(W, cov, W_dense, unit, removals, damp, rounds, group, first_order):
+        seen.append(first_order)
+        out = real(W, cov, W_dense, unit, removals, damp, rounds, group, first_order)
+        kept[len(kept)] = {r: s.kept.tolist() for r, s in out.items()}
+        return out
+
+    monkeypatch.setattr(supernet_module, "progressive_prune", spy)
+    cfg = dict(sparsity=0.5, start="uniform", attn_unit="kv_group", **{**FAST, "iterations": 0})
+    result = prune(tiny_llama(), PruneConfig(first_order="output", **cfg), calib(), progress=False)
+    assert seen and set(seen) == {"output"}
+    assert result.distribution == target_removals(result.layout, 0.5)
+    subs = result.layout.sublayers  # solved in this order: per block, attention then FFN
+    for i, sub in enumerate(subs):
+        cand = result.supernet.candidates[sub.key][result.distribution[sub.key]]
+        assert cand.kept.tolist() == kept[i][result.distribution[sub.key]]
+    monkeypatch.setattr(supernet_module, "progressive_prune", real)
+    grad = prune(tiny_llama(), PruneConfig(**cfg), calib(), progress=False)
+    assert any(grad.supernet.candidates[s.key][grad.distribution[s.key]].kept.tolist()
+               != kept[i][result.distribution[s.key]] for i, s in enumerate(subs))
+
+
 @pytest.mark.parametrize("sparsity", [0.25, 0.5])
 def test_budget_is_exact_and_the_search_keeps_it(sparsity):
     model = tiny_llama()
@@ -424,6 +461,7 @@ def test_killed_supernet_build_and_search_resume_to_the_same_result(tmp_path, mo
     ({"sparsity": 1.0}, "sparsity: Input should be less than 1"),
     ({"sparsity": -0.1}, "sparsity: Input should be greater than or equal to 0"),
     ({"sparsity": 0.9}, "cannot be met"),  # every layer keeps one KV group of its two
+    ({"first_order": "hessian"}, "first_order: Input should be 'gradient' or 'output'"),
 ])
 def test_bad_input(kwargs, match):
     with pytest.raises(SurgeryError, match=match):

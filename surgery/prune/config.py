@@ -77,6 +77,13 @@ class PruneConfig:
         ffn_min_step: the FFN spacing never falls below this many neurons (Týr's released code
             floors it at 32, which on a small FFN keeps every iteration on the first ladder).
         solver_rounds: progressive-removal rounds between two levels.
+        first_order: the first-order term of the solver's unit saliency, beside the OBS term —
+            `gradient` (default): |⟨∇, W⟩| of the layer's reconstruction loss (with dense supernet
+            inputs zero but for the damping: OBS alone); `output`: |⟨XᵀY, W⟩| over the unit's columns,
+            its share of the output along the target (Týr's paper, G = H·W; its released code takes
+            it signed). On stories260K `output` gave uniform models 4–11 % better out of domain and up
+            to 3 % worse in domain; after the search, worse in domain in all four settings measured,
+            out of domain better in two, level in one, worse in one (BENCHMARKS.md).
         accumulation: next-block inputs — `none` (default: the dense model's, as Týr's released
             code does), `expectation` (density-weighted mean of the candidates, the paper's) or
             `centre` (the centre candidate only); with query-head units dense inputs were better in
@@ -101,6 +108,7 @@ class PruneConfig:
     ffn_step: Annotated[float, Strict(), Field(gt=0, le=0.5)] = 0.125
     ffn_min_step: PosInt = 1
     solver_rounds: PosInt = 16
+    first_order: Literal["gradient", "output"] = "gradient"
     accumulation: Literal["expectation", "centre", "none"] = "none"
     iterations: Annotated[int, Strict(), Field(ge=0)] = 4
     start: Literal["saliency", "uniform"] = "saliency"

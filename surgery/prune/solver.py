@@ -5,9 +5,12 @@ should reproduce the dense outputs Y = X_dense W_denseᵀ. Units are groups of i
 group's heads in `o_proj`, one neuron in `down_proj`). With H = XᵀX (damped by 1 % of its mean
 diagonal) and C = XᵀY:
 
-- saliency of unit p (columns P) at the current W: first-order |⟨G_P, W_P⟩| with G = W·H − Cᵀ (the
-  gradient of ½‖XWᵀ − Y‖², non-zero when X ≠ X_dense, and by the damping) plus the OBS term
-  ½·tr(W_P (H⁻¹_PP)⁻¹ W_Pᵀ);
+- saliency of unit p (columns P) at the current W: a first-order term plus the OBS term
+  ½·tr(W_P (H⁻¹_PP)⁻¹ W_Pᵀ), the loss increase of removing P when the live columns compensate. The
+  first-order term is |⟨F_P, W_P⟩| with F either the gradient G = W·H − Cᵀ of ½‖XWᵀ − Y‖²
+  (`gradient`: non-zero only when X ≠ X_dense, and by the damping) or the output correlation
+  F = Cᵀ = (XᵀY)ᵀ (`output`, Týr's "G = H·W": the unit's share of the output along the target,
+  which counts what the compensation fitted on the calibration text may not give back elsewhere);
 - progressive removal in rounds: the cheapest units go, the rest absorb them by the OBS update
   W ← W − W_P (H⁻¹_PP)⁻¹ H⁻¹_P,: and H⁻¹ is downdated to the inverse of H on the live columns A;
 - the kept columns K are finally re-solved by least squares, W_K = (H_KK⁻¹ C_K)ᵀ.
@@ -105,7 +108,8 @@ def gradient(Wt: torch.Tensor, H: torch.Tensor, C: torch.Tensor) -> torch.Tensor
 
 def unit_scores(Wt: torch.Tensor, Gt: torch.Tensor | Gradient, Hinv: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
     """First-order + OBS saliency of each unit (rows of `cols`: the unit's column indices), from
-    Wt = Wᵀ, the gradient Gt = Gᵀ (see `gradient`) and the inverse Hessian of the live columns."""
+    Wt = Wᵀ, the first-order matrix Gt [in, out] — the gradient Gᵀ (see `gradient`) or the output
+    correlation C — and the inverse Hessian of the live columns."""
     G = Gt if isinstance(Gt, Gradient) else Gradient(Gt)
     if cols.shape[1] == 1:  # one column per unit: per-row sums over all rows, no gathers; a scalar OBS block
         c = cols[:, 0]
@@ -224,7 +228,7 @@ def _ls_error(H: torch.Tensor, C: torch.Tensor, keep: torch.Tensor) -> float:
 
 def progressive_prune(W: torch.Tensor, cov: Covariance, W_dense: torch.Tensor, unit_size: int,
                       removals: list[int], damp: float = 0.01, rounds: int = 16,
-                      group: int = 0) -> dict[int, Snapshot]:
+                      group: int = 0, first_order: str = "gradient") -> dict[int, Snapshot]:
     """Remove units progressively; return a least-squares re-solved snapshot after each count in
     `removals` (ascending, each reachable).
 
@@ -240,7 +244,12 @@ def progressive_prune(W: torch.Tensor, cov: Covariance, W_dense: torch.Tensor, u
     does). When only last-of-group heads remain and one weight unit is still due, the snapshot
     removes the cheapest of them and keeps the removed head of a live group whose return fits best
     (least squares); the path itself goes on one unit further.
+
+    `first_order` picks the saliency's first-order term (module docstring); `output` keeps C = XᵀY
+    [in, out] along the path: one in×out matrix more than `gradient` with dense inputs.
     """
+    if first_order not in ("gradient", "output"):
+        raise SurgeryError(f"first_order must be 'gradient' or 'output', got {first_order!r}")
     n_in = W.shape[1]
     n_units = n_in // unit_size
     if n_in % unit_size:
@@ -256,6 +265,8 @@ def progressive_prune(W: torch.Tensor, cov: Covariance, W_dense: torch.Tensor, u
     C: torch.Tensor | None = None
     if M is None and (W is W_dense or torch.equal(W, W_dense)):
         # dense inputs from the dense weight: C = H·Wᵀ, so G = (H + D)·Wᵀ − C = D·Wᵀ, D the damping
+        if first_order == "output":
+            C = H @ _dense_t(W_dense, W.device, H.dtype)
         undamped = H.diagonal().clone()
         damp_(H, damp)
         G = Gradient(d=H.diagonal() - undamped, W_dense=W_dense.detach())
@@ -269,6 +280,7 @@ def progressive_prune(W: torch.Tensor, cov: Covariance, W_dense: torch.Tensor, u
     Hinv = _inv(H) if group > 1 else inverse_(H, "pruning solver: the damped Hessian")
     if group <= 1:
         H = None
+    F = G if first_order == "gradient" else C  # the first-order term's matrix, [in, out]
     alive = torch.ones(n_units, dtype=torch.bool)
     cols = torch.arange(Wt.shape[0], device=Wt.device).view(n_units, unit_size)
     out: dict[int, Snapshot] = {}
@@ -312,7 +324,7 @@ def progressive_prune(W: torch.Tensor, cov: Covariance, W_dense: torch.Tensor, u
         restored = None
         while removed < target:
             idx = torch.nonzero(alive).flatten()
-            order = idx[torch.argsort(unit_scores(Wt, G, Hinv, cols[idx.to(Wt.device)]).cpu(), stable=True)]
+            order = idx[torch.argsort(unit_scores(Wt, F, Hinv, cols[idx.to(Wt.device)]).cpu(), stable=True)]
             picks = _round_picks(order, alive, group, min(per_round, target - removed))
             if not picks:  # one unit due, only last-of-group heads left: overshoot, then return one head
                 before = alive.clone()

@@ -109,7 +109,8 @@ def _unpack(tensors: dict[str, torch.Tensor]) -> dict[SubKey, dict[int, Candidat
 
 def build_supernet(adapter: DecoderAdapter, lay: Layout, levels: dict[SubKey, list[int]], centres: Dist,
                    inputs: BlockInputs, mode: str, damp: float, rounds: int, ckpt: Checkpoint | None = None,
-                   progress: bool = False, dtype: torch.dtype = torch.float64) -> Supernet:
+                   progress: bool = False, dtype: torch.dtype = torch.float64,
+                   first_order: str = "gradient") -> Supernet:
     """Solve every sub-layer at its levels, block by block, propagating inputs by `mode`."""
     net = Supernet()
     dense_in, acc_in = list(inputs.hidden), list(inputs.hidden)
@@ -145,7 +146,8 @@ def build_supernet(adapter: DecoderAdapter, lay: Layout, levels: dict[SubKey, li
                     cov.add(x, dense_x[kind][j])
                 del dense_x[kind]  # the statistics hold all the solver needs of these inputs
                 cov.n = dist.merge_means_(cov.means, cov.n)
-                snaps = progressive_prune(W, cov, W, sub.unit_cols, levels[sub.key], damp, rounds, sub.group)
+                snaps = progressive_prune(W, cov, W, sub.unit_cols, levels[sub.key], damp, rounds, sub.group,
+                                          first_order)
                 with torch.no_grad():
                     proj.weight.data = _propagation_weight(snaps, centres[sub.key], sub.units, mode, W)
                 cands[sub.key] = {r: _candidate(snaps.pop(r)) for r in sorted(snaps)}
