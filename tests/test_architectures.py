@@ -20,6 +20,7 @@ from archs import ARCHS, VOCAB, tiny, token_batches
 from surgery import score
 from surgery.export.card import card_code
 from surgery.models import DecoderAdapter
+from surgery.models.tokenizer import train_bpe
 from surgery.prune import PruneConfig, SearchConfig, prune
 from surgery.prune.units import layout
 from surgery.quantize import ApiQConfig, GPTQConfig, RTNConfig, export, quantize
@@ -32,6 +33,9 @@ QUANT = {"rtn": RTNConfig(num_bits=4, group_size=8), "gptq": GPTQConfig(num_bits
          "apiq": ApiQConfig(num_bits=4, group_size=8, epochs=1, lora_rank=2, saliency={"lam": 1.0})}
 PRUNE = PruneConfig(sparsity=0.3, search_samples=4, iterations=1, batch_size=4,
                     search=SearchConfig(generations=2, offspring=4, stage_windows=[2, 4], survivors=[2], top_k=16))
+# saved beside the pruned folders (stock and sliced configs), so their cards load a tokenizer too
+TEXT = "Once upon a time a little fox found a red ball."
+TOKENIZER = train_bpe([TEXT] * 4, 300)
 # query-head units, one head per layer: every KV head pair keeps 1 + 2 query heads (unequal groups)
 PRUNE_HEADS = PruneConfig(sparsity=1 / 6, attn_unit="head", start="uniform", iterations=0, search_samples=4,
                           batch_size=4, search=PRUNE.search)
@@ -56,11 +60,11 @@ def outputs(tmp_path_factory):
         model = tiny(name)
         result = prune(model, PRUNE, CALIB, CALIB, progress=False)
         expected[f"{name}-pruned"] = logits(model)  # the masked model
-        result.save(root / f"{name}-pruned")
+        result.save(root / f"{name}-pruned", tokenizer=TOKENIZER)
         model = tiny(name)
         result = prune(model, PRUNE_HEADS, CALIB, CALIB, progress=False)
         expected[f"{name}-heads-pruned"] = logits(model)
-        result.save(root / f"{name}-heads-pruned")
+        result.save(root / f"{name}-heads-pruned", tokenizer=TOKENIZER)
     return root, expected
 
 
@@ -70,14 +74,18 @@ import torch
 from safetensors.torch import save_file
 jobs = json.loads(sys.argv[1])
 ids = torch.tensor(jobs.pop("__ids__"))
-out = {}
+text = jobs.pop("__text__")
+out, tokens = {}, {}
 for folder, code in jobs.items():
     scope = {}
     exec(code.replace('path = "' + folder.rsplit("/", 1)[-1] + '"', 'path = "' + folder + '"'), scope)
     with torch.no_grad():
         out[folder.rsplit("/", 1)[-1]] = scope["model"](input_ids=ids).logits.contiguous()
+    if "tokenizer" in scope:
+        tokens[folder.rsplit("/", 1)[-1]] = scope["tokenizer"](text)["input_ids"]
 assert not any(m == "surgery" or m.startswith("surgery.") for m in sys.modules), "the card needed surgery"
 save_file(out, sys.argv[2])
+print(json.dumps(tokens))
 """
 
 
@@ -86,10 +94,16 @@ def test_every_output_reloads_in_a_fresh_process_as_its_card_says(outputs, tmp_p
     jobs = {str(root / k): card_code((root / k / "README.md").read_text()) for k in expected}
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error"}
     env.pop("PYTHONPATH", None)
-    proc = subprocess.run([sys.executable, "-c", LOADER, json.dumps({**jobs, "__ids__": IDS.tolist()}),
+    proc = subprocess.run([sys.executable, "-c", LOADER,
+                           json.dumps({**jobs, "__ids__": IDS.tolist(), "__text__": TEXT}),
                            str(tmp_path / "logits.safetensors")], capture_output=True, text=True, env=env,
-                          cwd=tmp_path, timeout=600)
+                          cwd=tmp_path, timeout=600, stdin=subprocess.DEVNULL)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    # no interactive trust_remote_code prompt (a notebook would stop at it) for the model or the tokenizer
+    assert "trust_remote_code" not in proc.stdout + proc.stderr, (proc.stdout + proc.stderr)[-3000:]
+    tokens = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert sorted(tokens) == sorted(k for k in expected if k.endswith("pruned"))
+    assert all(ids == TOKENIZER(TEXT)["input_ids"] for ids in tokens.values())
     got = load_file(tmp_path / "logits.safetensors")
     for key, want in expected.items():
         tol = 1e-5 if key.endswith(("-apiq", "-pruned")) else 0.0  # PEFT / sliced: float order only

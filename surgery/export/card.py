@@ -42,11 +42,13 @@ def loading_code(folder: Path) -> str:
                 "scheduler = DDPMScheduler.from_pretrained(path)  # class labels: 0..n-1, n = unconditional\n")
     if "surgery_arch" in cfg:
         return "from surgery.models import load_model\nmodel, _ = load_model(path)\n"
-    remote = "auto_map" in cfg
+    # AutoTokenizer reads config.json too: without the flag a folder with its own modeling file
+    # stops at transformers' interactive trust_remote_code prompt
+    remote = ", trust_remote_code=True" if "auto_map" in cfg else ""
     lines = ["from transformers import AutoModelForCausalLM, AutoTokenizer",
-             f"model = AutoModelForCausalLM.from_pretrained(path{', trust_remote_code=True' if remote else ''})"]
+             f"model = AutoModelForCausalLM.from_pretrained(path{remote})"]
     if (folder / "tokenizer.json").is_file() or (folder / "tokenizer_config.json").is_file():
-        lines.append("tokenizer = AutoTokenizer.from_pretrained(path)")
+        lines.append(f"tokenizer = AutoTokenizer.from_pretrained(path{remote})")
     if has_adapter(folder):
         lines += ["from peft import PeftModel",
                   'model = PeftModel.from_pretrained(model, path + "/adapter")  # part of the model: see below']
