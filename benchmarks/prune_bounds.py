@@ -43,9 +43,10 @@ FFN_STEPS = (32, 16, 8, 4, 2, 1)
 class Bounds:
     """The model masked with any distribution over one full-resolution supernet, and its perplexities."""
 
-    def __init__(self, b: Bench, fitness_seed: int = 1, first_order: str | None = None) -> None:
-        cfg = PruneConfig()  # the solver's defaults: damping, rounds, precision, unit, inputs
-        self.first_order = first_order or cfg.first_order
+    def __init__(self, b: Bench, fitness_seed: int = 1, first_order: str = "gradient") -> None:
+        # the solver's defaults (damping, rounds, precision, unit, inputs) but for its first-order term
+        cfg = PruneConfig(first_order=first_order)
+        self.first_order = cfg.first_order
         self.b, self.model, self.fitness_seed = b, b.fresh(), fitness_seed
         self.adapter = DecoderAdapter(self.model)
         self.lay: Layout = layout(self.adapter, 1, cfg.attn_unit)
@@ -180,8 +181,9 @@ def main() -> None:
     torch.manual_seed(0)
     if "worst-domain" in args.climb and len(args.calib or []) < 2:
         ap.error("--climb worst-domain needs two or more --calib texts")
-    first_order = args.first_order or PruneConfig().first_order
-    suffix = "" if first_order == PruneConfig().first_order else f"_{first_order}"
+    default = PruneConfig().first_order
+    first_order = args.first_order or default
+    suffix = "" if first_order == default else f"_{first_order}"
     b = open_bench(ap, Path(args.out or RESULTS / f"prune_bounds_{args.model}{suffix}.json"), args)
     other = {r.get("first_order", "gradient") for k, r in b.runs.items() if k != "dense"} - {first_order}
     if other:

@@ -77,12 +77,12 @@ ids = torch.tensor(jobs.pop("__ids__"))
 text = jobs.pop("__text__")
 out, tokens = {}, {}
 for folder, code in jobs.items():
-    scope = {}
-    exec(code.replace('path = "' + folder.rsplit("/", 1)[-1] + '"', 'path = "' + folder + '"'), scope)
+    scope, name = {}, folder.rsplit("/", 1)[-1]
+    exec(code.replace('path = "' + name + '"', 'path = "' + folder + '"'), scope)
     with torch.no_grad():
-        out[folder.rsplit("/", 1)[-1]] = scope["model"](input_ids=ids).logits.contiguous()
+        out[name] = scope["model"](input_ids=ids).logits.contiguous()
     if "tokenizer" in scope:
-        tokens[folder.rsplit("/", 1)[-1]] = scope["tokenizer"](text)["input_ids"]
+        tokens[name] = scope["tokenizer"](text)["input_ids"]
 assert not any(m == "surgery" or m.startswith("surgery.") for m in sys.modules), "the card needed surgery"
 save_file(out, sys.argv[2])
 print(json.dumps(tokens))
