@@ -40,8 +40,9 @@ ABLATION_ITERATIONS = 2
 # The rows are named from this setting: KV-group units and expectation inputs, the defaults until
 # 2026-12-01. The present defaults (`attn_unit: auto`, `accumulation: none`) are the run
 # "search head units + dense inputs" on GQA models.
+# (Their accumulated inputs were fitted to the dense model's outputs: `target_inputs: dense`.)
 SEARCH = dict(search_samples=64, iterations=4, generations=12, offspring=16, attn_unit="kv_group",
-              accumulation="expectation")
+              accumulation="expectation", target_inputs="dense")
 SEARCH_ABLATIONS = {"uniform start": dict(start="uniform"), "tyr ladder": dict(ffn_min_step=32)}
 # query-head units alone, then with every other choice of Týr's released code (uniform start, dense
 # supernet inputs, its 32-neuron ladder floor)
@@ -74,9 +75,16 @@ BUDGET_RUNS = {"head units + dense inputs, 4x generations": dict(attn_unit="head
 # the solver's unit saliency with Týr's first-order term, |⟨XᵀY, W⟩| (`first_order: output`), in the present defaults
 SALIENCY_RUNS = {"head units + dense inputs, output saliency": dict(attn_unit="head", accumulation="none",
                                                                      first_order="output")}
+# accumulated supernet inputs (2026-12-07): the centre candidate's (exact sequential calibration for the
+# centre) or the expectation, each with the solver fitting the dense layer on those inputs (`pruned`)
+# or the dense model's outputs (`dense`)
+INPUT_RUNS = {f"head units + {name} inputs, {target} target": dict(attn_unit="head", accumulation=mode,
+                                                                   target_inputs=target)
+              for name, mode in (("sequential", "centre"), ("expectation", "expectation"))
+              for target in ("pruned", "dense")}
 # every named variant of the full search ("search <name>"; "default" is plain "search"), for --variants
 VARIANTS = {"default": {}, "accumulation=none": dict(accumulation="none"), **SEARCH_ABLATIONS, **HEAD_RUNS,
-            **BUDGET_RUNS, **SALIENCY_RUNS}
+            **BUDGET_RUNS, **SALIENCY_RUNS, **INPUT_RUNS}
 SEARCH_FIELDS = ("generations", "offspring", "survivors", "stage_windows", "top_k", "prescreen", "resample")
 
 
@@ -155,6 +163,9 @@ class Bench:
         seconds = time.time() - t
         small = result.slice()
         row = self.evaluate(small)
+        budget = result.layout.denominator - result.removed_params
+        if row["block_params"] != budget:  # what is compared must have the same weight count
+            raise SystemExit(f"{key}: the sliced model has {row['block_params']:,} block weights, the budget {budget:,}")
         masked_ppl = perplexity(model, self.sets["test"][:8], batch_size=8)
         row["sliced_equals_masked"] = abs(masked_ppl - perplexity(small, self.sets["test"][:8], batch_size=8)) \
             < 1e-6 * masked_ppl
@@ -274,6 +285,9 @@ def _method_runs(b: Bench, s: float, args: argparse.Namespace) -> None:
         # the present defaults' own uniform model: what their search is measured against
         b.ours(f"{s}/uniform+solver head units + dense inputs", s, start="uniform", iterations=0, attn_unit="head",
                accumulation="none")
+    if args.uniform_inputs:  # the uniform model of each INPUT_RUNS variant
+        for name, kw in INPUT_RUNS.items():
+            b.ours(f"{s}/uniform+solver {name}", s, start="uniform", iterations=0, **kw)
     if args.uniform_first_order:  # the same with Týr's output term in the solver's unit saliency
         b.ours(f"{s}/uniform+solver head units + dense inputs, output saliency", s, start="uniform", iterations=0,
                attn_unit="head", accumulation="none", first_order="output")
@@ -319,6 +333,9 @@ def main() -> None:
                          "reach in domain, not a method")
     ap.add_argument("--uniform-damps", type=float, nargs="+", default=[], metavar="D",
                     help="also uniform+solver (query heads, dense inputs) with these Hessian dampings")
+    ap.add_argument("--uniform-inputs", action="store_true",
+                    help="also uniform+solver (query heads) with accumulated supernet inputs (centre or expectation) "
+                         "and each solver target (pruned or dense inputs)")
     ap.add_argument("--uniform-first-order", action="store_true",
                     help="also uniform+solver (query heads, dense inputs) with each first-order saliency term of "
                          "the solver: the gradient (default) and the output correlation")
@@ -327,7 +344,7 @@ def main() -> None:
     if args.tyr_at and not args.tyr:
         ap.error("--tyr-at needs --tyr CLONE")
     if args.oracle_fitness and (not args.variants or args.tyr or args.torch_pruning or args.uniform_damps
-                                or args.uniform_first_order):
+                                or args.uniform_first_order or args.uniform_inputs):
         ap.error("--oracle-fitness runs --variants only (no --tyr, --torch-pruning or --uniform-damps)")
     if any(not 0 <= d < 1 for d in args.uniform_damps):
         ap.error(f"--uniform-damps: each damping must be in [0, 1), got {args.uniform_damps}")
@@ -355,7 +372,7 @@ def main() -> None:
         for x in args.tyr_at:
             for seed in args.tyr_seeds:
                 b.tyr(f"matched/tyr official at {x}" + (f" seed {seed}" if seed else ""), args.tyr, x, seed)
-    variants = [*HEAD_RUNS, *BUDGET_RUNS, *SALIENCY_RUNS]
+    variants = [*HEAD_RUNS, *BUDGET_RUNS, *SALIENCY_RUNS, *INPUT_RUNS]
     variants += [f"{v} oracle fitness" for v in variants]
     text = report(b.runs, args.sparsities, variants, list(SEARCH_ABLATIONS))
     b.out.with_suffix(".md").write_text(text + "\n")

@@ -231,8 +231,9 @@ PRUNE = [
 
 Týr-the-Pruner ([Li et al., 2025](https://arxiv.org/abs/2503.09657)) builds a **supernet**: every
 sub-layer (a block's attention and FFN) is pruned at several sparsity levels by a local solver
-(OBS + least squares on the dense model's block inputs), then an evolutionary search picks one level
-per sub-layer under an exact global budget, minimising the KL to the dense model. Units are single
+(OBS + least squares, block by block on the inputs of the model being pruned), then an evolutionary
+search picks one level per sub-layer under an exact global budget, minimising the KL to the dense
+model. Units are single
 query heads (a KV head leaves with its last query head, and counts in the budget) and FFN neurons,
 so the result is **physically sliced**: smaller matrices, loadable with
 `AutoModelForCausalLM.from_pretrained` after `import surgery`.

@@ -99,7 +99,7 @@ def test_data_parallel_calibration_equals_one_process(tmp_path):
     assert facts["fitness"] == pytest.approx(want["fitness"], rel=1e-6)
     # each rank held only its half of every batch of 4 windows (checkpointed per rank)
     for folder, key in ((tmp_path / "resume" / "apiq", "q.0"), (tmp_path / "resume" / "gptq", "q.0"),
-                        (tmp_path / "resume" / "iteration_0" / "supernet", "dense.0")):
+                        (tmp_path / "resume" / "iteration_0" / "supernet", "acc.0")):
         halves = [load_file(folder / f"inputs.rank{r}.safetensors")[key] for r in (0, 1)]
         assert [h.shape[0] for h in halves] == [2, 2]
         assert not torch.equal(halves[0], halves[1])

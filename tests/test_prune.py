@@ -77,11 +77,18 @@ def test_head_units_reach_every_weight_count_with_least_squares_weights(heads):
         torch.testing.assert_close(snap.full(), direct, rtol=1e-7, atol=1e-8)
     if heads == 4:
         assert snaps[3].kept.numel() == 2 and (snaps[3].kept // 2).unique().numel() == 1
+    for count in range(most + 1):  # each count asked alone: in rounds of one unit, down to last-of-group heads
+        cov = Covariance(heads * 3)
+        cov.add(X, X)
+        kept = progressive_prune(W, cov, W, 3, [count], damp=0.0, rounds=16, group=2)[count].kept
+        assert heads - kept.numel() + heads // 2 - (kept // 2).unique().numel() == count
 
 
-def test_head_units_budget_is_exact_and_the_sliced_model_holds_it():
+@pytest.mark.parametrize("accumulation", ["centre", "expectation"])
+def test_head_units_budget_is_exact_and_the_sliced_model_holds_it(accumulation):
     model = tiny_llama(num_attention_heads=8, num_key_value_heads=2)
-    result = prune(model, PruneConfig(sparsity=0.5, attn_unit="head", **FAST), calib(), progress=False)
+    result = prune(model, PruneConfig(sparsity=0.5, attn_unit="head", accumulation=accumulation, **FAST), calib(),
+                   progress=False)
     lay = result.layout
     assert [s.units for s in lay.of_kind("attn")] == [10, 10]  # 8 query + 2 KV heads per layer
     assert result.achieved_sparsity == 0.5
@@ -140,30 +147,42 @@ def test_first_order_term_sees_upstream_error():
 
 
 def brute_force_path(X, X_dense, W, unit, removals, rounds, first_order="gradient"):
-    """The progressive removal computed from scratch each round: the gradient W·H − Cᵀ (or the output
-    correlation Cᵀ) and the inverse of H on the live columns formed anew, the OBS update, the cheapest
-    units of the round out."""
-    H, C = X.t() @ X / X.shape[0], X.t() @ (X_dense @ W.t()) / X.shape[0]
+    """The progressive removal computed from scratch each round: the least-squares fit of
+    Y = X_dense·Wᵀ on the live columns; with the `gradient` term (zero at that fit, no damping) each
+    live unit costs the exact rise of the re-fitted error when it goes, with `output` the output
+    correlation |⟨C_P, W_P⟩| plus the OBS term at the fit; the cheapest units of the round go."""
+    n = X.shape[0]
+    Y = X_dense @ W.t()
+    H, C = X.t() @ X / n, X.t() @ Y / n
+
+    def cols_of(units):
+        return [c for u in units for c in range(u * unit, (u + 1) * unit)]
+
+    def fit(units):  # (the fitted columns, ½ the mean squared error)
+        A = cols_of(units)
+        sol = torch.linalg.lstsq(X[:, A], Y).solution
+        return sol.t(), 0.5 * float(((X[:, A] @ sol - Y) ** 2).sum()) / n
+
     n_units = W.shape[1] // unit
-    W, alive, kept_at, removed = W.clone(), list(range(n_units)), {}, 0
+    alive, kept_at, removed = list(range(n_units)), {}, 0
     for target in removals:
         per_round = max(1, -(-(target - removed) // rounds))
         while removed < target:
-            A = [c for u in alive for c in range(u * unit, (u + 1) * unit)]
-            Hinv = torch.zeros_like(H)
-            Hinv[torch.tensor(A).unsqueeze(1), torch.tensor(A)] = torch.linalg.inv(H[A][:, A])
-            G = W @ H - C.t() if first_order == "gradient" else C.t()
+            W_A, err = fit(alive)
+            A = cols_of(alive)
+            Hinv_A = torch.linalg.inv(H[A][:, A])
             scores = []
-            for u in alive:
-                P = list(range(u * unit, (u + 1) * unit))
-                first = (G[:, P] * W[:, P]).sum().abs()
-                scores.append(float(first + 0.5 * torch.einsum("oi,ij,oj->", W[:, P], torch.linalg.inv(Hinv[P][:, P]),
-                                                               W[:, P])))
+            for i, u in enumerate(alive):
+                if first_order == "gradient":
+                    scores.append(fit(alive[:i] + alive[i + 1:])[1] - err)
+                    continue
+                P = list(range(i * unit, (i + 1) * unit))  # u's columns among the live ones
+                W_P = W_A[:, P]
+                first = (C[cols_of([u])].t() * W_P).sum().abs()
+                scores.append(float(first + 0.5 * torch.einsum("oi,ij,oj->", W_P,
+                                                               torch.linalg.inv(Hinv_A[P][:, P]), W_P)))
             order = sorted(range(len(alive)), key=scores.__getitem__)
-            gone = sorted(alive[i] for i in order[:min(per_round, target - removed)])
-            P = [c for u in gone for c in range(u * unit, (u + 1) * unit)]
-            W = W - W[:, P] @ torch.linalg.inv(Hinv[P][:, P]) @ Hinv[P, :]
-            W[:, P] = 0
+            gone = {alive[i] for i in order[:min(per_round, target - removed)]}
             alive = [u for u in alive if u not in gone]
             removed += len(gone)
         kept_at[target] = alive
@@ -173,12 +192,13 @@ def brute_force_path(X, X_dense, W, unit, removals, rounds, first_order="gradien
 @pytest.mark.parametrize("first_order", ["gradient", "output"])
 @pytest.mark.parametrize("unit", [1, 2])
 def test_progressive_path_equals_the_brute_force_recomputation(unit, first_order):
-    """The solver forms the gradient once and downdates H⁻¹ (the OBS update leaves the gradient on the
-    live columns unchanged): with upstream error, so that the first-order term counts, it removes the
-    same units at every count as recomputing the gradient and inverting H on the live columns each round.
-    With the output term (Týr's ⟨XᵀY, W⟩) likewise, and its order differs from the gradient's here."""
+    """With upstream error (X ≠ X_dense) the solver starts at the least-squares fit, forms the
+    gradient once and downdates H⁻¹: it removes the same units at every count as re-fitting the live
+    columns from scratch each round and, with the `gradient` term, ranking units by the exact rise
+    of the re-fitted error (what the OBS term is only at a fit: ranked from W_dense, the order
+    differed here). With the output term (Týr's ⟨XᵀY, W⟩) likewise, and its order differs."""
     X, W = layer_data(3, cols=24)
-    noisy = X + 0.3 * torch.randn(X.shape, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
+    noisy = X + torch.randn(X.shape, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
     n_units = 24 // unit
     removals = [n_units // 4, n_units // 2, n_units - 2]
     kept = {}
@@ -372,6 +392,54 @@ def test_first_order_output_reaches_the_solver_and_masks_what_it_solved(monkeypa
                != kept[i][result.distribution[s.key]] for i, s in enumerate(subs))
 
 
+def _fed_inputs(model: torch.nn.Module, ids: torch.Tensor) -> dict[tuple[int, str], torch.Tensor]:
+    """The inputs every output projection of `model` receives on `ids`, [tokens, in]."""
+    adapter, seen = DecoderAdapter(model), {}
+    hooks = [adapter.output_proj(i, kind).register_forward_pre_hook(
+        lambda m, args, key=(i, kind): seen.setdefault(key, []).append(args[0].reshape(-1, args[0].shape[-1])))
+        for i in range(adapter.num_layers) for kind in ("attn", "mlp")]
+    with torch.no_grad():
+        for batch in ids.split(4):
+            model(batch)
+    for h in hooks:
+        h.remove()
+    return {k: torch.cat(v).double() for k, v in seen.items()}
+
+
+def _gap_to_sequential_fit(model: torch.nn.Module, dense: torch.nn.Module, ids: torch.Tensor, damp: float) -> float:
+    """Largest relative gap between a pruned projection's kept columns and the damped least-squares
+    fit of the dense layer on the inputs `model` itself gives that projection."""
+    fed, adapter, dense_adapter = _fed_inputs(model, ids), DecoderAdapter(model), DecoderAdapter(dense)
+    worst = 0.0
+    for (i, kind), X in fed.items():
+        W = adapter.output_proj(i, kind).weight.detach().double()
+        K = torch.nonzero(W.abs().sum(0)).flatten()
+        assert 0 < K.numel() < W.shape[1]
+        H = X.t() @ X / X.shape[0]
+        C = H @ dense_adapter.output_proj(i, kind).weight.detach().double().t()
+        H[range(len(H)), range(len(H))] += damp * H.diagonal().mean()
+        fit = torch.linalg.solve(H[K][:, K], C[K]).t()
+        worst = max(worst, float((W[:, K] - fit).abs().max() / fit.abs().max()))
+    return worst
+
+
+@pytest.mark.parametrize("target_inputs", ["pruned", "dense"])
+def test_sequential_calibration_fits_each_layer_on_what_the_pruned_model_feeds_it(target_inputs):
+    """`accumulation: centre` on a uniform model is exact sequential calibration: with
+    `target_inputs: pruned` every pruned projection's kept columns are the damped least-squares fit
+    of the dense layer on the very inputs the finished pruned model gives it (brute force from a
+    forward pass of that model); `dense` fits the dense model's outputs instead, so not these."""
+    model, dense, ids = tiny_llama(), tiny_llama(), calib()
+    cfg = PruneConfig(sparsity=0.5, start="uniform", iterations=0, accumulation="centre", attn_unit="kv_group",
+                      target_inputs=target_inputs, **{k: v for k, v in FAST.items() if k != "iterations"})
+    prune(model, cfg, ids, progress=False)
+    worst = _gap_to_sequential_fit(model, dense, ids, cfg.damp)
+    if target_inputs == "pruned":
+        assert worst < 1e-5
+    else:
+        assert worst > 1e-2
+
+
 @pytest.mark.parametrize("sparsity", [0.25, 0.5])
 def test_budget_is_exact_and_the_search_keeps_it(sparsity):
     model = tiny_llama()
@@ -407,8 +475,13 @@ def test_ffn_spacing_halves_each_iteration_down_to_its_floor():
     assert steps(ffn_step=0.25, ffn_min_step=12) == [12, 12, 12]
 
 
-def test_killed_supernet_build_and_search_resume_to_the_same_result(tmp_path, monkeypatch):
-    cfg = dict(sparsity=0.5, **FAST)
+@pytest.mark.parametrize("accumulation,target_inputs", [("none", "pruned"), ("centre", "pruned"),
+                                                          ("expectation", "dense")])
+def test_killed_supernet_build_and_search_resume_to_the_same_result(tmp_path, monkeypatch, accumulation,
+                                                                      target_inputs):
+    """Every way of making the next block's inputs (which the checkpoint stores: the dense model's,
+    the accumulated ones, or both) resumes to the uninterrupted result."""
+    cfg = dict(sparsity=0.5, accumulation=accumulation, target_inputs=target_inputs, **FAST)
     ref_model = tiny_llama()
     ref = prune(ref_model, PruneConfig(**cfg), calib(), progress=False)
 
@@ -462,6 +535,7 @@ def test_killed_supernet_build_and_search_resume_to_the_same_result(tmp_path, mo
     ({"sparsity": -0.1}, "sparsity: Input should be greater than or equal to 0"),
     ({"sparsity": 0.9}, "cannot be met"),  # every layer keeps one KV group of its two
     ({"first_order": "hessian"}, "first_order: Input should be 'gradient' or 'output'"),
+    ({"target_inputs": "model"}, "target_inputs: Input should be 'pruned' or 'dense'"),
 ])
 def test_bad_input(kwargs, match):
     with pytest.raises(SurgeryError, match=match):

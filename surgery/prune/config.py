@@ -78,16 +78,24 @@ class PruneConfig:
             floors it at 32, which on a small FFN keeps every iteration on the first ladder).
         solver_rounds: progressive-removal rounds between two levels.
         first_order: the first-order term of the solver's unit saliency, beside the OBS term —
-            `gradient` (default): |⟨∇, W⟩| of the layer's reconstruction loss (with dense supernet
-            inputs zero but for the damping: OBS alone); `output`: |⟨XᵀY, W⟩| over the unit's columns,
-            its share of the output along the target (Týr's paper, G = H·W; its released code takes
-            it signed). On stories260K `output` gave uniform models 4–11 % better out of domain and up
-            to 3 % worse in domain; after the search, worse in domain in all four settings measured,
-            out of domain better in two, level in one, worse in one (BENCHMARKS.md).
-        accumulation: next-block inputs — `none` (default: the dense model's, as Týr's released
-            code does), `expectation` (density-weighted mean of the candidates, the paper's) or
-            `centre` (the centre candidate only); with query-head units dense inputs were better in
-            and out of domain over 3 seeds at 25 % and 50 % on stories260K (BENCHMARKS.md).
+            `gradient` (default): |⟨∇, W⟩| of the layer's reconstruction loss (the solver starts
+            where that loss is stationary: zero but for the damping, so OBS alone); `output`:
+            |⟨XᵀY, W⟩| over the unit's columns, its share of the output along the target (Týr's
+            paper, G = H·W; its released code takes it signed). On stories260K with dense supernet
+            inputs `output` gave uniform models 4–11 % better out of domain and up to 3 % worse in
+            domain; after the search, worse in domain in all four settings measured, out of domain
+            better in two, level in one, worse in one (BENCHMARKS.md).
+        accumulation: next-block inputs — `centre` (default: the centre candidate's, i.e. each
+            iteration's supernet is calibrated on the model its search starts from), `expectation`
+            (density-weighted mean of the candidates, the paper's) or `none` (the dense model's, as
+            Týr's released code does). With `target_inputs: pruned`, `centre` gave the best uniform
+            and searched models on stories260K, in and out of domain, at 25 % and 50 %
+            (BENCHMARKS.md › sequential calibration).
+        target_inputs: with accumulated inputs X, what the solver fits — `pruned` (default): the
+            dense weight on those inputs, X·W_denseᵀ (SparseGPT's sequential calibration); `dense`:
+            the dense model's outputs X_dense·W_denseᵀ, making up for the upstream error too (the
+            dense model runs beside the pruned one; worse than `none` on stories260K). No effect
+            with `accumulation: none`.
         iterations: coarse-to-fine supernet + search rounds (0: the start distribution as is).
         start: first iteration's centre — from structural `saliency` scores or `uniform`.
         saliency_kind: the scorer kind used for `start: saliency` and pre-screening.
@@ -109,7 +117,8 @@ class PruneConfig:
     ffn_min_step: PosInt = 1
     solver_rounds: PosInt = 16
     first_order: Literal["gradient", "output"] = "gradient"
-    accumulation: Literal["expectation", "centre", "none"] = "none"
+    accumulation: Literal["expectation", "centre", "none"] = "centre"
+    target_inputs: Literal["pruned", "dense"] = "pruned"
     iterations: Annotated[int, Strict(), Field(ge=0)] = 4
     start: Literal["saliency", "uniform"] = "saliency"
     saliency_kind: Literal["grad", "abs_grad", "fisher", "taylor"] = "taylor"

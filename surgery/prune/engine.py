@@ -218,7 +218,7 @@ def prune(model: nn.Module, config: PruneConfig, calib: torch.Tensor | None, sea
         it_fp = fingerprint(config={"base": fp, "iteration": t, "centres": dist_to_json(centres)})
         net = build_supernet(adapter, lay, space.levels, centres, inputs, cfg.accumulation, cfg.damp,
                              cfg.solver_rounds, Checkpoint(folder / "supernet", it_fp, "supernet") if folder else None,
-                             progress, getattr(torch, cfg.hessian_dtype), cfg.first_order)
+                             progress, getattr(torch, cfg.hessian_dtype), cfg.first_order, cfg.target_inputs)
         apply = (lambda d, net=net: apply_masked(adapter, net, d))
         if cfg.iterations == 0 or cfg.search.generations == 0:
             apply(centres)

@@ -5,7 +5,10 @@ Accumulation (how the next block's calibration inputs are made): `expectation` r
 with each projection replaced by the density-weighted mean of its candidates (weights 1 − sparsity,
 normalised) — the paper's expectation, exact because a projection is linear in its weight;
 `centre` uses the centre candidate only (the public code's "median" version); `none` feeds every
-block the dense model's inputs. Each finished block is committed to a checkpoint.
+block the dense model's inputs. With accumulated inputs X the solver's target is X·W_denseᵀ
+(`target_inputs: pruned`, SparseGPT's sequential calibration: the layer imitates the dense layer on
+what it is fed) or X_dense·W_denseᵀ (`dense`: it also makes up for the upstream error; the dense
+model then runs beside it). Each finished block is committed to a checkpoint.
 """
 from __future__ import annotations
 
@@ -110,17 +113,16 @@ def _unpack(tensors: dict[str, torch.Tensor]) -> dict[SubKey, dict[int, Candidat
 def build_supernet(adapter: DecoderAdapter, lay: Layout, levels: dict[SubKey, list[int]], centres: Dist,
                    inputs: BlockInputs, mode: str, damp: float, rounds: int, ckpt: Checkpoint | None = None,
                    progress: bool = False, dtype: torch.dtype = torch.float64,
-                   first_order: str = "gradient") -> Supernet:
+                   first_order: str = "gradient", target_inputs: str = "pruned") -> Supernet:
     """Solve every sub-layer at its levels, block by block, propagating inputs by `mode`."""
     net = Supernet()
+    dense_run = mode == "none" or target_inputs == "dense"  # the dense model's inputs are needed
     dense_in, acc_in = list(inputs.hidden), list(inputs.hidden)
     start = 0
     if ckpt is not None and ckpt.resuming:
         for i in range(ckpt.done + 1):
             net.candidates.update(_unpack(ckpt.step(i)[0]))
-        saved = ckpt.inputs()
-        dense_in = [saved[f"dense.{j}"] for j in range(len(inputs))]
-        acc_in = dense_in if mode == "none" else [saved[f"acc.{j}"] for j in range(len(inputs))]
+        dense_in, acc_in = _saved_inputs(ckpt.inputs(), len(inputs), mode, dense_run)
         start = ckpt.done + 1
     subs = {s.key: s for s in lay.sublayers}
     for i in tqdm(range(start, adapter.num_layers), desc="supernet", disable=not progress, leave=False):
@@ -130,11 +132,12 @@ def build_supernet(adapter: DecoderAdapter, lay: Layout, levels: dict[SubKey, li
         dense_w = {kind: p.weight.data for kind, p in projs.items()}  # the tensors themselves: put back, not copied
         dense_x: dict[str, list[torch.Tensor]] = {kind: [] for kind in projs}
         dense_out = []
-        for h, kw in zip(dense_in, kwargs):
-            xs, out = _capture(block, projs, h, kw)
-            for kind in projs:
-                dense_x[kind].append(xs[kind])
-            dense_out.append(out)
+        if dense_run:
+            for h, kw in zip(dense_in, kwargs):
+                xs, out = _capture(block, projs, h, kw)
+                for kind in projs:
+                    dense_x[kind].append(xs[kind])
+                dense_out.append(out)
         cands: dict[SubKey, dict[int, Candidate]] = {}
         try:
             for sub in mine:  # attention first: the FFN sees the propagated attention
@@ -142,8 +145,11 @@ def build_supernet(adapter: DecoderAdapter, lay: Layout, levels: dict[SubKey, li
                 proj, W = projs[kind], dense_w[kind]
                 cov = Covariance(proj.in_features, proj.weight.device, dtype)
                 for j, (h, kw) in enumerate(zip(acc_in, kwargs)):
-                    x = dense_x[kind][j] if mode == "none" else _capture(block, {kind: proj}, h, kw)[0][kind]
-                    cov.add(x, dense_x[kind][j])
+                    if mode == "none":
+                        cov.add(dense_x[kind][j], dense_x[kind][j])
+                        continue
+                    x = _capture(block, {kind: proj}, h, kw)[0][kind]
+                    cov.add(x, dense_x[kind][j] if target_inputs == "dense" else x)
                 del dense_x[kind]  # the statistics hold all the solver needs of these inputs
                 cov.n = dist.merge_means_(cov.means, cov.n)
                 snaps = progressive_prune(W, cov, W, sub.unit_cols, levels[sub.key], damp, rounds, sub.group,
@@ -160,16 +166,21 @@ def build_supernet(adapter: DecoderAdapter, lay: Layout, levels: dict[SubKey, li
             with torch.no_grad():
                 for kind, p in projs.items():
                     p.weight.data = dense_w[kind]
-        dense_in = dense_out
+        dense_in = dense_out if dense_run else acc_in
         net.candidates.update(cands)
         if ckpt is not None:  # commit, then keep the block's candidates and the inputs memory-mapped
-            saved = {f"dense.{j}": h for j, h in enumerate(dense_in)}
+            saved = {f"dense.{j}": h for j, h in enumerate(dense_in)} if dense_run else {}
             if mode != "none":  # with dense inputs the two are the same tensors: stored once
                 saved.update({f"acc.{j}": h for j, h in enumerate(acc_in)})
             ckpt.commit(i, _pack(cands), inputs=saved)
             net.candidates.update(_unpack(ckpt.step(i)[0]))
             if all(h.device.type == "cpu" for h in acc_in):
-                mapped = ckpt.inputs()
-                dense_in = [mapped[f"dense.{j}"] for j in range(len(dense_in))]
-                acc_in = dense_in if mode == "none" else [mapped[f"acc.{j}"] for j in range(len(acc_in))]
+                dense_in, acc_in = _saved_inputs(ckpt.inputs(), len(acc_in), mode, dense_run)
     return net
+
+
+def _saved_inputs(saved: dict[str, torch.Tensor], n: int, mode: str,
+                  dense_run: bool) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """(dense, accumulated) next-block inputs from a checkpoint: one list when they are the same."""
+    acc = [saved[f"{'dense' if mode == 'none' else 'acc'}.{j}"] for j in range(n)]
+    return ([saved[f"dense.{j}"] for j in range(n)] if dense_run else acc), acc
