@@ -106,7 +106,7 @@ def report(runs: dict, sparsities: list[float], variants: list[str], ablations: 
         for m in ("uniform+solver", "uniform+solver head units", "uniform+solver head units + dense inputs",
                   *(k.split("/", 1)[1] for k in damped), "uniform+solver head units + dense inputs, output saliency",
                   *(k.split("/", 1)[1] for k in runs if k.startswith(f"{s}/uniform+solver head units + ")
-                    and k.endswith(" target")),
+                    and (k.endswith(" target") or k.endswith("target, output saliency"))),
                   "wanda-sp", "flap", "torch-pruning units",
                   "torch-pruning official", "search fixed windows", "search",
                   *(f"search {k}" for k in variants),

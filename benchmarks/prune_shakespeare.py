@@ -74,7 +74,10 @@ BUDGET_RUNS = {"head units + dense inputs, 4x generations": dict(attn_unit="head
                "head units + dense inputs, damp 0.03": dict(attn_unit="head", accumulation="none", damp=0.03)}
 # the solver's unit saliency with Týr's first-order term, |⟨XᵀY, W⟩| (`first_order: output`), in the present defaults
 SALIENCY_RUNS = {"head units + dense inputs, output saliency": dict(attn_unit="head", accumulation="none",
-                                                                     first_order="output")}
+                                                                     first_order="output"),
+                 # and in the sequential calibration (the defaults since 2026-12-07, later)
+                 "head units + sequential inputs, pruned target, output saliency": dict(
+                     attn_unit="head", accumulation="centre", target_inputs="pruned", first_order="output")}
 # accumulated supernet inputs (2026-12-07): the centre candidate's (exact sequential calibration for the
 # centre) or the expectation, each with the solver fitting the dense layer on those inputs (`pruned`)
 # or the dense model's outputs (`dense`)
@@ -289,8 +292,8 @@ def _method_runs(b: Bench, s: float, args: argparse.Namespace) -> None:
         for name, kw in INPUT_RUNS.items():
             b.ours(f"{s}/uniform+solver {name}", s, start="uniform", iterations=0, **kw)
     if args.uniform_first_order:  # the same with Týr's output term in the solver's unit saliency
-        b.ours(f"{s}/uniform+solver head units + dense inputs, output saliency", s, start="uniform", iterations=0,
-               attn_unit="head", accumulation="none", first_order="output")
+        for name, kw in SALIENCY_RUNS.items():
+            b.ours(f"{s}/uniform+solver {name}", s, start="uniform", iterations=0, **kw)
 
 
 def main() -> None:

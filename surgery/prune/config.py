@@ -81,10 +81,10 @@ class PruneConfig:
             `gradient` (default): |⟨∇, W⟩| of the layer's reconstruction loss (the solver starts
             where that loss is stationary: zero but for the damping, so OBS alone); `output`:
             |⟨XᵀY, W⟩| over the unit's columns, its share of the output along the target (Týr's
-            paper, G = H·W; its released code takes it signed). On stories260K with dense supernet
-            inputs `output` gave uniform models 4–11 % better out of domain and up to 3 % worse in
-            domain; after the search, worse in domain in all four settings measured, out of domain
-            better in two, level in one, worse in one (BENCHMARKS.md).
+            paper, G = H·W; its released code takes it signed). A trade on stories260K: with the
+            default sequential calibration the searched models were 1–4.5 % worse in domain and
+            5–11 % better out of domain, and no worse out of domain than their uniform models in all
+            four settings measured, where `gradient`'s were worse in three (BENCHMARKS.md).
         accumulation: next-block inputs — `centre` (default: the centre candidate's, i.e. each
             iteration's supernet is calibrated on the model its search starts from), `expectation`
             (density-weighted mean of the candidates, the paper's) or `none` (the dense model's, as
