@@ -44,8 +44,9 @@ class Bounds:
     """The model masked with any distribution over one full-resolution supernet, and its perplexities."""
 
     def __init__(self, b: Bench, fitness_seed: int = 1, first_order: str = "gradient") -> None:
-        # the solver's defaults (damping, rounds, precision, unit, inputs) but for its first-order term
-        cfg = PruneConfig(first_order=first_order)
+        # the solver's defaults (damping, rounds, precision, unit) but for its first-order term, on dense
+        # supernet inputs (the default since 2026-12-07 calibrates on a centre, which this supernet has not)
+        cfg = PruneConfig(first_order=first_order, accumulation="none")
         self.first_order = cfg.first_order
         self.b, self.model, self.fitness_seed = b, b.fresh(), fitness_seed
         self.adapter = DecoderAdapter(self.model)
