@@ -267,29 +267,23 @@ def progressive_prune(W: torch.Tensor, cov: Covariance, W_dense: torch.Tensor, u
     H, M = cov.H.to(W.device), cov.M
     Wt = torch.empty(n_in, W.shape[0], dtype=H.dtype, device=W.device).copy_(W.detach().t())
     cov.H = cov.M = None
+    # the target on the own inputs from the dense weight: C = H·Wᵀ, W is where the loss is stationary
+    paired = not (M is None and (W is W_dense or torch.equal(W, W_dense)))
     C: torch.Tensor | None = None
-    if M is None and (W is W_dense or torch.equal(W, W_dense)):
-        # the target on the own inputs, from the dense weight: C = H·Wᵀ, so G = (H + D)·Wᵀ − C = D·Wᵀ
-        # (D the damping)
-        if first_order == "output":
-            C = H @ _dense_t(W_dense, W.device, H.dtype)
-        undamped = H.diagonal().clone()
-        damp_(H, damp)
-        G = Gradient(d=H.diagonal() - undamped, W_dense=W_dense.detach())
-        del undamped
-        Hinv = _inv(H) if group > 1 else inverse_(H, "pruning solver: the damped Hessian")
-    else:
+    if paired or first_order == "output":
         C = (H if M is None else M.to(W.device)) @ _dense_t(W_dense, W.device, H.dtype)  # XᵀY [in, out]
-        del M
-        undamped = H.diagonal().clone()
-        damp_(H, damp)
-        d = H.diagonal() - undamped
-        E = gradient(Wt, H, C).sub_(d.unsqueeze(1) * Wt)  # the undamped loss's gradient: the upstream error's pull
-        del undamped
-        Hinv = _inv(H) if group > 1 else inverse_(H, "pruning solver: the damped Hessian")
-        Wt.addmm_(Hinv, E, alpha=-1.0)  # to where only the damping pulls: G = D·Wᵀ, as above
+    del M
+    undamped = H.diagonal().clone()
+    damp_(H, damp)
+    d = H.diagonal() - undamped  # D, the damping: what is left of the gradient at the start, G = D·Wᵀ
+    del undamped
+    # else the undamped loss's gradient (the upstream error's pull), formed before H is inverted in place
+    E = gradient(Wt, H, C).sub_(d.unsqueeze(1) * Wt) if paired else None
+    Hinv = _inv(H) if group > 1 else inverse_(H, "pruning solver: the damped Hessian")
+    if E is not None:
+        Wt.addmm_(Hinv, E, alpha=-1.0)  # one Newton step to where only the damping pulls
         del E
-        G = Gradient(d=d, W_dense=W.detach())
+    G = Gradient(d=d, W_dense=W.detach())
     # H itself is needed later only by the give-back path of query-head units; else it is now H⁻¹
     if group <= 1:
         H = None
