@@ -83,15 +83,23 @@ def _tyr_interpolated(runs: dict, sparsities: list[float]) -> str:
             "|---|---|---|---|---|\n" + "\n".join(rows))
 
 
+DEFAULTS = (("present defaults (query heads, sequential inputs, pruned target)",
+             "head units + sequential inputs, pruned target"),
+            ("the defaults until 2026-12-07 (query heads, dense inputs)", "head units + dense inputs"))
+
+
 def _default_ratio(runs: dict, s: float) -> str:
-    """The present defaults' search (mean over its seeds) against their own uniform model."""
-    u = runs.get(f"{s}/uniform+solver head units + dense inputs")
-    seeded = _over_seeds(runs, f"{s}/search head units + dense inputs")
-    if not u or not seeded:
-        return ""
-    test, wiki = (statistics.mean(r[f] for r in seeded) for f in ("ppl_test", "ppl_wikitext2"))
-    return (f"{s}: present defaults (query heads, dense inputs), search over {len(seeded)} seed(s) / their uniform "
-            f"model: in domain {test / u['ppl_test']:.3f}, WikiText-2 {wiki / u['ppl_wikitext2']:.3f}\n")
+    """The present (and the previous) defaults' search, mean over its seeds, against their own uniform model."""
+    out = ""
+    for label, name in DEFAULTS:
+        u = runs.get(f"{s}/uniform+solver {name}")
+        seeded = _over_seeds(runs, f"{s}/search {name}")
+        if not u or not seeded:
+            continue
+        test, wiki = (statistics.mean(r[f] for r in seeded) for f in ("ppl_test", "ppl_wikitext2"))
+        out += (f"{s}: {label}, search over {len(seeded)} seed(s) / their uniform model: in domain "
+                f"{test / u['ppl_test']:.3f}, WikiText-2 {wiki / u['ppl_wikitext2']:.3f}\n")
+    return out
 
 
 def report(runs: dict, sparsities: list[float], variants: list[str], ablations: list[str]) -> str:

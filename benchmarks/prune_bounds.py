@@ -2,7 +2,10 @@
 
 One full-resolution supernet (every unit count of every sub-layer: query heads + KV heads, single
 neurons; the default solver, dense supernet inputs — so a candidate does not depend on any centre),
-then, at each sparsity and at exactly the uniform model's weight count:
+or with `--inputs sequential` every distribution built on its own (each sub-layer solved on the
+inputs that very model feeds it, the default's sequential calibration: a candidate then depends on
+every layer before it, so no supernet can hold them all), then, at each sparsity and at exactly the
+uniform model's weight count:
 - every exact attention / FFN split, uniform within each type (what `trade_budget` could reach);
 - each sub-layer alone at its uniform level, the others dense (how unequal the layers are);
 - a greedy climb over the distribution (first improvement, FFN steps 32 → 1 neurons, one attention
@@ -14,10 +17,12 @@ then, at each sparsity and at exactly the uniform model's weight count:
     SURGERY_DATA_DIR=../../shared/data python prune_bounds.py [--model stories260K] [--climb test fitness]
         [--calib tinystories:train shakespeare:train --climb fitness worst-domain --out results/X.json]
         [--first-order output]   # the solver with Týr's output term (rows to results/prune_bounds_<model>_output.json)
+        [--inputs sequential]    # each distribution solved on its own inputs (rows to ..._sequential.json)
 """
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -41,33 +46,55 @@ FFN_STEPS = (32, 16, 8, 4, 2, 1)
 
 
 class Bounds:
-    """The model masked with any distribution over one full-resolution supernet, and its perplexities."""
+    """The model masked with any distribution — over one full-resolution supernet (dense inputs), or
+    built on its own (sequential inputs) — and its perplexities."""
 
-    def __init__(self, b: Bench, fitness_seed: int = 1, first_order: str = "gradient") -> None:
-        # the solver's defaults (damping, rounds, precision, unit) but for its first-order term, on dense
-        # supernet inputs (the default since 2026-12-07 calibrates on a centre, which this supernet has not)
-        cfg = PruneConfig(first_order=first_order, accumulation="none")
-        self.first_order = cfg.first_order
+    def __init__(self, b: Bench, fitness_seed: int = 1, first_order: str = "gradient",
+                 inputs: str = "dense") -> None:
+        # the solver's defaults (damping, rounds, precision, unit, target) but for its first-order term;
+        # dense supernet inputs, or the default's sequential calibration on each model's own inputs
+        self.cfg = cfg = PruneConfig(first_order=first_order, accumulation="none" if inputs == "dense" else "centre")
+        self.first_order, self.inputs = cfg.first_order, inputs
         self.b, self.model, self.fitness_seed = b, b.fresh(), fitness_seed
         self.adapter = DecoderAdapter(self.model)
         self.lay: Layout = layout(self.adapter, 1, cfg.attn_unit)
         self.most = limits(self.lay)
-        levels = {s.key: list(range(self.most[s.key] + 1)) for s in self.lay.sublayers}
-        inputs = capture_block_inputs(self.adapter, list(b.calib.split(cfg.batch_size)))
+        self.dense = {s.key: self.adapter.output_proj(s.key.layer, s.key.kind).weight.data for s in self.lay.sublayers}
+        self.block_inputs = capture_block_inputs(self.adapter, list(b.calib.split(cfg.batch_size)))
+        self.built: tuple[str, Supernet] | None = None
+        self.builds, self.build_s = 0, 0.0
+        if inputs == "dense":
+            self.net = self.build({s.key: list(range(self.most[s.key] + 1)) for s in self.lay.sublayers},
+                                  {s.key: 0 for s in self.lay.sublayers})
+
+    def build(self, levels: dict, centres: Dist) -> Supernet:
+        """The solver's candidates at `levels`, from the dense weights (accumulating through `centres`)."""
         t = time.time()
-        self.net: Supernet = build_supernet(self.adapter, self.lay, levels, {k: 0 for k in levels}, inputs,
-                                            cfg.accumulation, cfg.damp, cfg.solver_rounds,
-                                            dtype=getattr(torch, cfg.hessian_dtype), first_order=self.first_order)
-        self.build_s = time.time() - t
+        with torch.no_grad():
+            for key, w in self.dense.items():
+                self.adapter.output_proj(key.layer, key.kind).weight.data = w
+        net = build_supernet(self.adapter, self.lay, levels, centres, self.block_inputs, self.cfg.accumulation,
+                             self.cfg.damp, self.cfg.solver_rounds, dtype=getattr(torch, self.cfg.hessian_dtype),
+                             first_order=self.first_order, target_inputs=self.cfg.target_inputs)
+        self.builds, self.build_s = self.builds + 1, self.build_s + time.time() - t
+        return net
+
+    def candidates(self, d: Dist) -> Supernet:
+        if self.inputs == "dense":
+            return self.net
+        key = json.dumps(dist_to_json(d))
+        if self.built is None or self.built[0] != key:  # a row asks for the same model on several texts
+            self.built = key, self.build({k: [r] for k, r in d.items()}, d)
+        return self.built[1]
 
     def ppl(self, d: Dist, windows: torch.Tensor) -> float:
-        apply_masked(self.adapter, self.net, d)
+        apply_masked(self.adapter, self.candidates(d), d)
         return perplexity(self.model, windows, batch_size=32)
 
     def row(self, d: Dist, **extra) -> dict:
         return {"ppl_test": self.ppl(d, self.b.sets["test"]), "ppl_wikitext2": self.ppl(d, self.b.sets["wikitext2"]),
                 "removed_params": self.lay.removed_params(d), "distribution": dist_to_json(d),
-                "first_order": self.first_order, **extra}
+                "first_order": self.first_order, "inputs": self.inputs, **extra}
 
     def splits(self, sparsity: float) -> dict[str, dict]:
         """Every attention count per layer whose FFN remainder is exact, spread uniformly."""
@@ -172,6 +199,10 @@ def main() -> None:
     ap.add_argument("--first-order", choices=["gradient", "output"],
                     help="the solver saliency's first-order term (default: PruneConfig's); rows of another term "
                          "go to their own JSON (default: results/prune_bounds_<model>_<term>.json)")
+    ap.add_argument("--inputs", choices=["dense", "sequential"], default="dense",
+                    help="dense: one full-resolution supernet on the dense model's inputs; sequential: every "
+                         "distribution solved on its own inputs (the default's calibration; rows to "
+                         "results/prune_bounds_<model>[_<term>]_sequential.json)")
     ap.add_argument("--out", help="results JSON (default: results/prune_bounds_<model>.json)")
     ap.add_argument("--table-only", action="store_true", help="print the table from the JSON; run nothing")
     args = ap.parse_args()
@@ -184,18 +215,19 @@ def main() -> None:
         ap.error("--climb worst-domain needs two or more --calib texts")
     default = PruneConfig().first_order
     first_order = args.first_order or default
-    suffix = "" if first_order == default else f"_{first_order}"
+    suffix = ("" if first_order == default else f"_{first_order}") + ("" if args.inputs == "dense" else "_sequential")
     b = open_bench(ap, Path(args.out or RESULTS / f"prune_bounds_{args.model}{suffix}.json"), args)
-    other = {r.get("first_order", "gradient") for k, r in b.runs.items() if k != "dense"} - {first_order}
-    if other:
-        ap.error(f"{b.out} holds rows of first-order term {sorted(other)}, not {first_order}: give another --out")
+    other = {(r.get("first_order", "gradient"), r.get("inputs", "dense")) for k, r in b.runs.items() if k != "dense"}
+    if other - {(first_order, args.inputs)}:
+        ap.error(f"{b.out} holds rows of (first-order term, inputs) {sorted(other)}, not "
+                 f"{(first_order, args.inputs)}: give another --out")
     if "dense" not in b.runs:
         b.record("dense", b.evaluate(b.dense))
     if args.fitness_seed != 1:  # another draw of the fitness pool, as the search benchmark draws it
         b.search = mixed_calib_windows(b.train, b.search.shape[0], SEQLEN, seed=args.fitness_seed)
     tag = "" if args.fitness_seed == 1 else f" fitness seed {args.fitness_seed}"
-    bounds = None if args.table_only else Bounds(b, args.fitness_seed, first_order)
-    if bounds is not None:
+    bounds = None if args.table_only else Bounds(b, args.fitness_seed, first_order, args.inputs)
+    if bounds is not None and args.inputs == "dense":
         print(f"full-resolution supernet: {bounds.build_s:.1f} s", flush=True)
     for s in [] if bounds is None else args.sparsities:
         for key, row in {**bounds.splits(s), **bounds.alone(s)}.items():
@@ -203,9 +235,12 @@ def main() -> None:
                 b.record(key, row)
         for name in args.climb:
             t = time.time()
+            builds, build_s = bounds.builds, bounds.build_s
             d, path = bounds.climb(s, bounds.objective(name, s))
             key = "climb on worst-domain fitness" if name == "worst-domain" else f"climb on {name} windows"
-            b.record(f"{s}/{key}{tag}", bounds.row(d, path=path, seconds=time.time() - t))
+            b.record(f"{s}/{key}{tag}", bounds.row(d, path=path, seconds=time.time() - t,
+                                                   models_built=bounds.builds - builds,
+                                                   build_seconds=round(bounds.build_s - build_s, 1)))
     text = table(b.runs, args.sparsities)
     b.out.with_suffix(".md").write_text(text + "\n")
     print(text)

@@ -38,8 +38,9 @@ SEQLEN = 256
 KL_WINDOWS = 64
 ABLATION_ITERATIONS = 2
 # The rows are named from this setting: KV-group units and expectation inputs, the defaults until
-# 2026-12-01. The present defaults (`attn_unit: auto`, `accumulation: none`) are the run
-# "search head units + dense inputs" on GQA models.
+# 2026-12-01. The defaults of 2026-12-01 to 12-07 (`attn_unit: auto`, `accumulation: none`) are the run
+# "search head units + dense inputs" on GQA models; the present ones (`accumulation: centre`,
+# `target_inputs: pruned`) "search head units + sequential inputs, pruned target".
 # (Their accumulated inputs were fitted to the dense model's outputs: `target_inputs: dense`.)
 SEARCH = dict(search_samples=64, iterations=4, generations=12, offspring=16, attn_unit="kv_group",
               accumulation="expectation", target_inputs="dense")
@@ -53,7 +54,7 @@ HEAD_ABLATIONS = {"head units + uniform start": dict(attn_unit="head", start="un
                   "head units + dense inputs": dict(attn_unit="head", accumulation="none"),
                   "head units + tyr ladder": dict(attn_unit="head", ffn_min_step=32)}
 HEAD_RUNS = {**HEAD_UNITS, **HEAD_ABLATIONS}
-# is the search budget the limit? the present defaults with 4× the generations, or twice the iterations
+# is the search budget the limit? the 2026-12-01 defaults (dense inputs) with 4× the generations, or 2× the iterations
 BUDGET_RUNS = {"head units + dense inputs, 4x generations": dict(attn_unit="head", accumulation="none",
                                                                   generations=48),
                "head units + dense inputs, 8 iterations": dict(attn_unit="head", accumulation="none", iterations=8),
@@ -72,7 +73,7 @@ BUDGET_RUNS = {"head units + dense inputs, 4x generations": dict(attn_unit="head
                                                                   survivors=[16, 4], stage_windows=[8, 64, 512]),
                # the solver fitted less closely to the calibration text (damping chosen from --uniform-damps)
                "head units + dense inputs, damp 0.03": dict(attn_unit="head", accumulation="none", damp=0.03)}
-# the solver's unit saliency with Týr's first-order term, |⟨XᵀY, W⟩| (`first_order: output`), in the present defaults
+# the solver's unit saliency with Týr's first-order term, |⟨XᵀY, W⟩| (`first_order: output`), in the 2026-12-01 defaults
 SALIENCY_RUNS = {"head units + dense inputs, output saliency": dict(attn_unit="head", accumulation="none",
                                                                      first_order="output"),
                  # and in the sequential calibration (the defaults since 2026-12-07, later)
@@ -285,7 +286,7 @@ def _method_runs(b: Bench, s: float, args: argparse.Namespace) -> None:
     if args.head_units:
         b.ours(f"{s}/uniform+solver head units", s, start="uniform", iterations=0, attn_unit="head")
     if args.head_units or args.uniform_first_order:
-        # the present defaults' own uniform model: what their search is measured against
+        # the 2026-12-01 defaults' own uniform model: what their search is measured against
         b.ours(f"{s}/uniform+solver head units + dense inputs", s, start="uniform", iterations=0, attn_unit="head",
                accumulation="none")
     if args.uniform_inputs:  # the uniform model of each INPUT_RUNS variant

@@ -9,7 +9,9 @@ way `surgery` does (memory-mapped), on the same calibration tokens at every size
 - `apiq_stored`: the same with the quantizer's autograd intermediates kept from the forward pass
   instead of recomputed in the backward (what ApiQ did before; the time/memory trade of the recompute);
 - `prune`: the 25 % supernet build (5 levels) and one search generation (4 offspring);
-- `prune_fp32`: the same with the local solver in float32 (`hessian_dtype: float32`).
+- `prune_fp32`: the same with the local solver in float32 (`hessian_dtype: float32`);
+- `prune_dense_inputs`: the same on the dense model's inputs (`accumulation: none`, the default before
+  2026-12-07), where the default calibrates each block on what the pruned model feeds it.
 Peak memory is anonymous RSS above the process after loading (the mapped weights are file pages),
 sampled every 2 ms; "/ model" divides it by the fp32 weight bytes. The growth exponent of each
 stage is the least-squares slope of log(time) and log(memory) against log(parameters), over the
@@ -42,7 +44,7 @@ SIZES = {  # hidden, layers, heads, kv heads, intermediate
     "200M": (1024, 16, 16, 4, 2816),
     "1B": (2048, 16, 32, 8, 8192),
 }
-STAGES = ("fwd_bwd", "score", "gptq", "apiq", "apiq_stored", "prune", "prune_fp32")
+STAGES = ("fwd_bwd", "score", "gptq", "apiq", "apiq_stored", "prune", "prune_fp32", "prune_dense_inputs")
 
 
 def build(folder: Path, size: str) -> int:
@@ -109,11 +111,12 @@ def worker(stage: str, folder: str, windows: int, seqlen: int) -> None:
                 lora._recomputed = lambda fn, *args: fn(*args)
             quantize(model, ApiQConfig(num_bits=4, group_size=128, epochs=1, lora_rank=8), calib=calib,
                      batch_size=4, resume_dir=ckpt, progress=False)
-        elif stage in ("prune", "prune_fp32"):
-            # the current defaults: query-head units where KV heads are shared, dense supernet inputs
-            # prune_fp32: the same with the solver in float32 (`hessian_dtype`)
+        elif stage.startswith("prune"):
+            # the current defaults: query-head units where KV heads are shared, sequential calibration
+            # (the centre's inputs); prune_fp32: the solver in float32; prune_dense_inputs: dense inputs
+            other = {"prune_fp32": {"hessian_dtype": "float32"}, "prune_dense_inputs": {"accumulation": "none"}}
             cfg = PruneConfig(sparsity=0.25, start="uniform", iterations=1, levels=5, search_samples=windows,
-                              batch_size=4, hessian_dtype="float32" if stage == "prune_fp32" else "float64",
+                              batch_size=4, **other.get(stage, {}),
                               search=SearchConfig(generations=1, offspring=4, stage_windows=[2, windows],
                                                   survivors=[2], top_k=64))
             import surgery.prune.engine as engine
