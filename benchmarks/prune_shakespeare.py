@@ -341,15 +341,15 @@ def main() -> None:
                     help="also uniform+solver (query heads) with accumulated supernet inputs (centre or expectation) "
                          "and each solver target (pruned or dense inputs)")
     ap.add_argument("--uniform-first-order", action="store_true",
-                    help="also uniform+solver (query heads, dense inputs) with each first-order saliency term of "
-                         "the solver: the gradient (default) and the output correlation")
+                    help="also uniform+solver (query heads) with the solver's output-correlation first-order term, "
+                         "on dense inputs and in the sequential calibration (and the dense-input default term)")
     ap.add_argument("--table-only", action="store_true", help="print the tables from the JSON; run nothing")
     args = ap.parse_args()
     if args.tyr_at and not args.tyr:
         ap.error("--tyr-at needs --tyr CLONE")
     if args.oracle_fitness and (not args.variants or args.tyr or args.torch_pruning or args.uniform_damps
                                 or args.uniform_first_order or args.uniform_inputs):
-        ap.error("--oracle-fitness runs --variants only (no --tyr, --torch-pruning or --uniform-damps)")
+        ap.error("--oracle-fitness runs --variants only (no --tyr, --torch-pruning or --uniform-* runs)")
     if any(not 0 <= d < 1 for d in args.uniform_damps):
         ap.error(f"--uniform-damps: each damping must be in [0, 1), got {args.uniform_damps}")
     torch.manual_seed(0)
